@@ -1,0 +1,79 @@
+"""Model adapters: one declarative description per model family.
+
+```python
+>>> from hf_sparsify.adapters import get_adapter
+>>> adapter = get_adapter(model)          # ViTAdapter, DeiTAdapter, Dinov2Adapter, ConvNextAdapter, ...
+>>> [layer.name for layer in adapter.prunable_layers()][:2]
+['vit.layers.0.attention.q_proj', 'vit.layers.0.attention.k_proj']
+```
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import (
+    ATTENTION_HEAD,
+    CONV_CHANNEL,
+    MLP_NEURON,
+    PRUNABLE_MODULE_TYPES,
+    ModelAdapter,
+    PrunableLayer,
+    StructureGroup,
+    UnsupportedModelError,
+)
+from .convnext import ConvNextAdapter, ConvNextV2Adapter
+from .generic import GenericAdapter
+from .transformer import DeiTAdapter, Dinov2Adapter, TransformerAdapter, TransformerSpec, ViTAdapter
+
+ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, DeiTAdapter, Dinov2Adapter, ConvNextAdapter, ConvNextV2Adapter]
+
+__all__ = [
+    "ADAPTERS",
+    "ATTENTION_HEAD",
+    "CONV_CHANNEL",
+    "MLP_NEURON",
+    "PRUNABLE_MODULE_TYPES",
+    "ConvNextAdapter",
+    "ConvNextV2Adapter",
+    "DeiTAdapter",
+    "Dinov2Adapter",
+    "GenericAdapter",
+    "ModelAdapter",
+    "PrunableLayer",
+    "StructureGroup",
+    "TransformerAdapter",
+    "TransformerSpec",
+    "UnsupportedModelError",
+    "ViTAdapter",
+    "get_adapter",
+    "register_adapter",
+    "supported_model_types",
+]
+
+
+def register_adapter(adapter_class: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Add an adapter for more model types (usable as a class decorator)."""
+    ADAPTERS.append(adapter_class)
+    return adapter_class
+
+
+def supported_model_types() -> list[str]:
+    return [t for adapter in ADAPTERS for t in adapter.model_types]
+
+
+def get_adapter(model: nn.Module, *, allow_generic: bool = False) -> ModelAdapter:
+    """The adapter of ``model``'s family, chosen by ``model.config.model_type``.
+
+    Args:
+        allow_generic: return a :class:`GenericAdapter` for unknown architectures instead of raising (it
+            serves ``targets=`` regexes; asking it for default targets raises a message with an example).
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter(model)
+    if allow_generic:
+        return GenericAdapter(model)
+    GenericAdapter(model).prunable_layers()  # raises the explanatory error
+    raise AssertionError("unreachable")

@@ -1,0 +1,191 @@
+"""What an adapter knows about a model family: its prunable weights and its prunable structures.
+
+Methods never hard-code module names; they ask the adapter:
+
+* :meth:`ModelAdapter.prunable_layers` lists the ``nn.Linear`` / ``nn.Conv2d`` weights that unstructured methods
+  prune (attention projections, MLP layers, ConvNeXt pointwise and downsampling convs) with their role.
+* :meth:`ModelAdapter.structure_groups` lists the structures that structured methods remove (MLP hidden neurons,
+  attention heads, ConvNeXt block hidden channels), each with every tensor it owns.
+
+Module *names* are stored, not module objects, because structured surgery replaces modules.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PrunableLayer",
+    "StructureGroup",
+    "ModelAdapter",
+    "UnsupportedModelError",
+    "PRUNABLE_MODULE_TYPES",
+    "MLP_NEURON",
+    "ATTENTION_HEAD",
+    "CONV_CHANNEL",
+]
+
+PRUNABLE_MODULE_TYPES = (nn.Linear, nn.Conv2d)
+
+MLP_NEURON = "mlp_neuron"
+ATTENTION_HEAD = "attention_head"
+CONV_CHANNEL = "conv_channel"
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture has no adapter, or its modules are not where the adapter expects them."""
+
+
+@dataclass
+class PrunableLayer:
+    """A weight that unstructured methods may prune.
+
+    Attributes:
+        name: the module's path in the model, e.g. ``"vit.layers.3.mlp.fc1"``.
+        module: the ``nn.Linear`` or ``nn.Conv2d``.
+        role: what the layer is, e.g. ``"attention.query"``, ``"mlp.fc1"``, ``"mlp.gate"``, ``"downsample"``,
+            or ``"custom"`` for layers selected by ``targets=`` regexes.
+        block: the name of the enclosing block (``"vit.layers.3"``), used to group reports; ``None`` if none.
+        block_index: the index of that block among the model's blocks.
+    """
+
+    name: str
+    module: nn.Module
+    role: str = "custom"
+    block: str | None = None
+    block_index: int | None = None
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    @property
+    def numel(self) -> int:
+        return self.module.weight.numel()
+
+    def weight_as_matrix(self) -> torch.Tensor:
+        """The weight as (out, in·k·k), row-major, which is how masks and Fisher blocks see it (a view)."""
+        return self.module.weight.reshape(self.module.weight.shape[0], -1)
+
+
+@dataclass
+class StructureGroup:
+    """A set of same-kind prunable units that share tensors: the hidden neurons of one MLP, the heads of one
+    attention, the hidden channels of one ConvNeXt block.
+
+    Removing unit ``u`` removes rows ``u*unit_size : (u+1)*unit_size`` of every producer's weight (and bias),
+    the same columns of every consumer's weight, and the same entries of every extra parameter.
+
+    Attributes:
+        name: the owning module's path (``"vit.layers.3.mlp"``, ``"vit.layers.3.attention"``).
+        kind: :data:`MLP_NEURON`, :data:`ATTENTION_HEAD` or :data:`CONV_CHANNEL`.
+        block: the enclosing block's name; ``block_index`` its index.
+        producers: modules whose output rows are the units (``fc1``; ``gate_proj`` and ``up_proj``; ``q,k,v``).
+        consumers: modules whose input columns are the units (``fc2``; ``down_proj``; ``o_proj``).
+        unit_size: rows per unit (1 for a neuron, ``head_dim`` for a head).
+        extra_params: ``(parameter_name, dim)`` of further tensors indexed by unit (ConvNeXtV2's GRN).
+        observe: the module whose *input* carries the units' post-activation values (VBP hooks it); for an
+            MLP this is the consumer: ``fc2``'s input is ``act(fc1(x))``.
+        layer_scale: the LayerScale parameter applied after the consumer, if any (the bias fold stays exact).
+        count_attribute: the attribute of the owner module holding the unit count (``num_attention_heads``),
+            updated when units are removed; ``None`` if the count is read from the shapes.
+        per_layer_config_key: the transformers config attribute that holds this group's size per layer
+            (``intermediate_size``, ``num_attention_heads``), used to record shrunk shapes.
+        blocks_exact_fold: a reason the mean-fold of removed units is not exact here (ConvNeXtV2's GRN), or None.
+    """
+
+    name: str
+    kind: str
+    block: str
+    block_index: int
+    producers: list[str]
+    consumers: list[str]
+    num_units: int
+    unit_size: int = 1
+    extra_params: list[tuple[str, int]] = field(default_factory=list)
+    observe: str | None = None
+    layer_scale: str | None = None
+    count_attribute: str | None = None
+    per_layer_config_key: str | None = None
+    blocks_exact_fold: str | None = None
+
+    def unit_rows(self, units: torch.Tensor) -> torch.Tensor:
+        """Row (or column) indices of the given units."""
+        units = torch.as_tensor(units, dtype=torch.long)
+        offsets = torch.arange(self.unit_size, dtype=torch.long)
+        return (units[:, None] * self.unit_size + offsets[None, :]).reshape(-1)
+
+
+class ModelAdapter:
+    """Base of the per-family adapters. Subclasses set ``family``, ``model_types`` and implement ``_blocks`` plus
+    the two listings; the generic adapter serves ``targets=`` regexes on any model.
+
+    Args:
+        model: a transformers model of the family (classification head or bare backbone).
+    """
+
+    family: str = "generic"
+    model_types: tuple[str, ...] = ()
+    #: human-readable description for the support table / error messages
+    description: str = ""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    # -- to implement -----------------------------------------------------------------------------------
+    def prunable_layers(self) -> list[PrunableLayer]:
+        raise NotImplementedError
+
+    def structure_groups(self, kinds: Iterable[str] | None = None) -> list[StructureGroup]:
+        return []
+
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """The model's repeated blocks (transformer layers, ConvNeXt layers) as ``(name, module)``."""
+        return []
+
+    # -- shared helpers -----------------------------------------------------------------------------------
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    def module_name(self, module: nn.Module) -> str:
+        for name, mod in self.model.named_modules():
+            if mod is module:
+                return name
+        raise KeyError("module is not part of this model")
+
+    def select_layers(self, targets: list[str] | None = None, ignore: list[str] | None = None) -> list[PrunableLayer]:
+        """The layers a method prunes: the adapter's defaults, or every Linear/Conv2d whose name matches one of
+        ``targets`` (``re.search``); minus those matching ``ignore``."""
+        if targets is None:
+            layers = self.prunable_layers()
+        else:
+            known = {layer.name: layer for layer in self.prunable_layers()}
+            layers = []
+            for name, module in self.model.named_modules():
+                if isinstance(module, PRUNABLE_MODULE_TYPES) and any(re.search(p, name) for p in targets):
+                    layers.append(known.get(name) or PrunableLayer(name=name, module=module))
+            if not layers:
+                raise UnsupportedModelError(
+                    f"targets={targets} matched no nn.Linear or nn.Conv2d in {type(self.model).__name__}. "
+                    f"Some module names: {', '.join(self._example_names())}."
+                )
+        if ignore:
+            layers = [layer for layer in layers if not any(re.search(p, layer.name) for p in ignore)]
+            if not layers:
+                raise UnsupportedModelError(f"ignore={ignore} removed every targeted layer: nothing is left to prune.")
+        return layers
+
+    def _example_names(self, limit: int = 8) -> list[str]:
+        names = [n for n, m in self.model.named_modules() if isinstance(m, PRUNABLE_MODULE_TYPES)]
+        return names[:limit]
+
+    def iter_groups(self, kinds: Iterable[str] | None = None) -> Iterator[StructureGroup]:
+        yield from self.structure_groups(kinds)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(family={self.family!r}, model={type(self.model).__name__})"

@@ -1,0 +1,178 @@
+"""Declarative adapters for ViT-style encoders: ViT, DeiT (with or without the distillation head), DINOv2
+(plain MLP and SwiGLU) and DINOv2-with-registers.
+
+The spec follows the module classes of the installed transformers (5.x): a list of blocks, each with
+``attention.{q,k,v,o}_proj`` and either ``mlp.{fc1,fc2}`` or ``mlp.{gate_proj,up_proj,down_proj}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from torch import nn
+
+from .base import ATTENTION_HEAD, MLP_NEURON, ModelAdapter, PrunableLayer, StructureGroup, UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class TransformerSpec:
+    """Where things live in one block of a ViT-style encoder (paths relative to the block)."""
+
+    layers: str  # path of the ModuleList of blocks, relative to ``model.base_model``
+    attention: str = "attention"
+    query: str = "attention.q_proj"
+    key: str = "attention.k_proj"
+    value: str = "attention.v_proj"
+    output: str = "attention.o_proj"
+    heads_attribute: str = "num_attention_heads"
+    mlp: str = "mlp"
+    fc1: str = "mlp.fc1"
+    fc2: str = "mlp.fc2"
+    gate: str = "mlp.gate_proj"
+    up: str = "mlp.up_proj"
+    down: str = "mlp.down_proj"
+    layer_scale: str | None = None  # LayerScale after the MLP, relative to the block
+    mlp_width_key: str = "intermediate_size"  # transformers config attribute holding the MLP width
+
+
+class TransformerAdapter(ModelAdapter):
+    spec: TransformerSpec
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self._prefix = self._base_prefix()
+        self._check_layout()
+
+    # -- layout -----------------------------------------------------------------------------------------
+    def _base_prefix(self) -> str:
+        base = getattr(self.model, "base_model", self.model)
+        if base is self.model:
+            return ""
+        for name, module in self.model.named_children():
+            if module is base:
+                return name + "."
+        return ""
+
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        path = self._prefix + self.spec.layers
+        try:
+            layers = self.model.get_submodule(path)
+        except AttributeError:
+            raise UnsupportedModelError(self._layout_message(f"no module {path!r}")) from None
+        return [(f"{path}.{i}", block) for i, block in enumerate(layers)]
+
+    def _is_swiglu(self, block: nn.Module) -> bool:
+        try:
+            block.get_submodule(self.spec.gate)
+            return True
+        except AttributeError:
+            return False
+
+    def _check_layout(self) -> None:
+        blocks = self.blocks()
+        if not blocks:
+            raise UnsupportedModelError(self._layout_message("the model has no blocks"))
+        name, block = blocks[0]
+        wanted = [self.spec.query, self.spec.key, self.spec.value, self.spec.output]
+        wanted += [self.spec.gate, self.spec.up, self.spec.down] if self._is_swiglu(block) else [self.spec.fc1, self.spec.fc2]
+        for rel in wanted:
+            try:
+                module = block.get_submodule(rel)
+            except AttributeError:
+                raise UnsupportedModelError(self._layout_message(f"no module {name}.{rel}")) from None
+            if not isinstance(module, nn.Linear):
+                raise UnsupportedModelError(self._layout_message(f"{name}.{rel} is a {type(module).__name__}, not nn.Linear"))
+
+    def _layout_message(self, what: str) -> str:
+        import transformers
+
+        return (
+            f"The {self.family} adapter does not recognise this {type(self.model).__name__}: {what}. "
+            f"hf_sparsify follows the module names of transformers {transformers.__version__}; if your model was "
+            "built by another version or custom code, prune it with targets= regexes, e.g. "
+            "MagnitudeConfig(sparsity=0.5, targets=[r'\\.mlp\\.fc\\d$'])."
+        )
+
+    # -- unstructured targets -----------------------------------------------------------------------------
+    def prunable_layers(self) -> list[PrunableLayer]:
+        layers: list[PrunableLayer] = []
+        s = self.spec
+        for index, (block_name, block) in enumerate(self.blocks()):
+            roles = [("attention.query", s.query), ("attention.key", s.key), ("attention.value", s.value), ("attention.output", s.output)]
+            if self._is_swiglu(block):
+                roles += [("mlp.gate", s.gate), ("mlp.up", s.up), ("mlp.down", s.down)]
+            else:
+                roles += [("mlp.fc1", s.fc1), ("mlp.fc2", s.fc2)]
+            for role, rel in roles:
+                layers.append(
+                    PrunableLayer(name=f"{block_name}.{rel}", module=block.get_submodule(rel), role=role, block=block_name, block_index=index)
+                )
+        return layers
+
+    # -- structures ---------------------------------------------------------------------------------------
+    def structure_groups(self, kinds: Iterable[str] | None = None) -> list[StructureGroup]:
+        kinds = set(kinds) if kinds is not None else {MLP_NEURON, ATTENTION_HEAD}
+        s = self.spec
+        groups: list[StructureGroup] = []
+        for index, (block_name, block) in enumerate(self.blocks()):
+            if ATTENTION_HEAD in kinds:
+                attention = block.get_submodule(s.attention)
+                head_dim = int(getattr(attention, "head_dim"))
+                out_rows = block.get_submodule(s.query).out_features
+                groups.append(
+                    StructureGroup(
+                        name=f"{block_name}.{s.attention}",
+                        kind=ATTENTION_HEAD,
+                        block=block_name,
+                        block_index=index,
+                        producers=[f"{block_name}.{s.query}", f"{block_name}.{s.key}", f"{block_name}.{s.value}"],
+                        consumers=[f"{block_name}.{s.output}"],
+                        num_units=out_rows // head_dim,
+                        unit_size=head_dim,
+                        observe=f"{block_name}.{s.output}",
+                        count_attribute=s.heads_attribute,
+                        per_layer_config_key="num_attention_heads",
+                    )
+                )
+            if MLP_NEURON in kinds:
+                if self._is_swiglu(block):
+                    producers, consumer = [f"{block_name}.{s.gate}", f"{block_name}.{s.up}"], f"{block_name}.{s.down}"
+                else:
+                    producers, consumer = [f"{block_name}.{s.fc1}"], f"{block_name}.{s.fc2}"
+                groups.append(
+                    StructureGroup(
+                        name=f"{block_name}.{s.mlp}",
+                        kind=MLP_NEURON,
+                        block=block_name,
+                        block_index=index,
+                        producers=producers,
+                        consumers=[consumer],
+                        num_units=self.model.get_submodule(producers[0]).out_features,
+                        observe=consumer,
+                        layer_scale=f"{block_name}.{s.layer_scale}" if s.layer_scale else None,
+                        per_layer_config_key=s.mlp_width_key,
+                    )
+                )
+        return groups
+
+
+class ViTAdapter(TransformerAdapter):
+    family = "vit"
+    model_types = ("vit",)
+    description = "ViT: ViTModel, ViTForImageClassification"
+    spec = TransformerSpec(layers="layers")
+
+
+class DeiTAdapter(TransformerAdapter):
+    family = "deit"
+    model_types = ("deit",)
+    description = "DeiT: DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher"
+    spec = TransformerSpec(layers="layers")
+
+
+class Dinov2Adapter(TransformerAdapter):
+    family = "dinov2"
+    model_types = ("dinov2", "dinov2_with_registers")
+    description = "DINOv2 (MLP or SwiGLU, with or without registers): Dinov2Model, Dinov2ForImageClassification"
+    spec = TransformerSpec(layers="encoder.layer", layer_scale="layer_scale2.lambda1", mlp_width_key="mlp_ratio")

@@ -1,0 +1,374 @@
+"""Calibration and evaluation data: from a `datasets` Dataset, a DataLoader, or any iterable of batch dicts.
+
+Everything becomes batches of dicts with ``pixel_values`` (float, ``(batch, channels, height, width)``) and, where
+the data has them, ``labels`` (long, ``(batch,)``). Subsets are drawn **at random with a seed**, never as the
+first rows: image datasets are usually sorted by class.
+
+```python
+>>> from hf_sparsify.data import load_image_dataset, CalibrationData
+>>> ds = load_image_dataset("../shared/data/cifar10", split="train")
+>>> calib = CalibrationData.from_source(ds, model=model, image_processor=processor, num_samples=256, batch_size=32)
+>>> next(iter(calib))["pixel_values"].shape
+torch.Size([32, 3, 32, 32])
+```
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CalibrationData",
+    "CalibrationDataError",
+    "load_image_dataset",
+    "find_columns",
+    "random_indices",
+    "dataset_batches",
+    "resolve_image_processor",
+]
+
+_IMAGE_COLUMNS = ("image", "img", "pixel_values", "images", "picture")
+_LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target")
+
+
+class CalibrationDataError(ValueError):
+    """Calibration or evaluation data is empty, mis-shaped, or lacks what the method needs."""
+
+
+# --------------------------------------------------------------------------------------------- datasets
+def load_image_dataset(source: str | os.PathLike, split: str = "train"):
+    """Load an image classification dataset split from a Hub id, a ``save_to_disk`` folder, a parquet file, a
+    folder of parquet files named by split (``train.parquet``, ``test.parquet``), or an image folder.
+
+    Returns a ``datasets.Dataset``.
+    """
+    import datasets
+
+    path = Path(source)
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise CalibrationDataError(f"{path}: a data file must be .parquet; for images give their folder (imagefolder layout).")
+        return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+            return _pick_split(loaded, split, str(path))
+        parquet = sorted(path.glob("*.parquet"))
+        if parquet:
+            files = {p.stem.split("-")[0]: str(p) for p in parquet}
+            if split not in files:
+                raise CalibrationDataError(f"{path} has parquet splits {sorted(files)}, not {split!r}: choose one with --split.")
+            return datasets.load_dataset("parquet", data_files={split: files[split]}, split=split)
+        if not any(path.iterdir()):
+            raise CalibrationDataError(f"{path} is an empty folder: it holds no images or data files.")
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+        return _pick_split(loaded, split, str(path))
+    if str(source).startswith((".", "/", "~")) or os.sep in str(source) and not _looks_like_repo_id(str(source)):
+        raise CalibrationDataError(f"No data at {source}: the path does not exist.")
+    try:
+        return datasets.load_dataset(str(source), split=split)
+    except Exception as err:  # noqa: BLE001 - re-raised with the fix
+        raise CalibrationDataError(
+            f"Could not load dataset {source!r} (split {split!r}) from the Hugging Face Hub: {err}. "
+            "Give a local path (a datasets folder, a parquet file or an image folder) when offline."
+        ) from err
+
+
+def _looks_like_repo_id(value: str) -> bool:
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts) and not value.startswith((".", "/"))
+
+
+def _pick_split(loaded, split: str, where: str):
+    import datasets
+
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise CalibrationDataError(f"{where} has splits {list(loaded)}, not {split!r}: choose one with --split.")
+        return loaded[split]
+    return loaded
+
+
+def find_columns(dataset) -> tuple[str, str | None]:
+    """The image column and the label column (``None`` if absent) of a datasets ``Dataset``."""
+    import datasets
+
+    features = dataset.features
+    image = next((name for name, f in features.items() if isinstance(f, datasets.Image)), None)
+    if image is None:
+        image = next((name for name in _IMAGE_COLUMNS if name in features), None)
+    if image is None:
+        raise CalibrationDataError(
+            f"The dataset has no image column (columns: {list(features)}); name it 'image' or cast it to datasets.Image()."
+        )
+    label = next((name for name, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    if label is None:
+        label = next((name for name in _LABEL_COLUMNS if name in features), None)
+    return image, label
+
+
+def random_indices(length: int, num: int | None, seed: int) -> list[int]:
+    """``num`` distinct row indices drawn at random with ``seed`` (all rows, shuffled, if ``num`` is None)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(length)
+    if num is not None:
+        order = order[: min(num, length)]
+    return order.tolist()
+
+
+def resolve_image_processor(model, image_processor=None):
+    """The given image processor, or ``AutoImageProcessor.from_pretrained`` of the model's own name or path."""
+    if image_processor is not None:
+        return image_processor
+    from transformers import AutoImageProcessor
+
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if not name:
+        raise CalibrationDataError(
+            "The calibration data holds images, and the model has no name or path to load its image processor from: "
+            "pass image_processor=AutoImageProcessor.from_pretrained(<model id or folder>)."
+        )
+    try:
+        return AutoImageProcessor.from_pretrained(name)
+    except Exception as err:  # noqa: BLE001
+        raise CalibrationDataError(
+            f"Could not load the image processor of {name!r} ({err}); pass image_processor=... explicitly."
+        ) from err
+
+
+def dataset_batches(dataset, indices: list[int], batch_size: int, image_processor, *, image_column: str, label_column: str | None) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of the given rows, images turned into ``pixel_values`` by ``image_processor``."""
+    for start in range(0, len(indices), batch_size):
+        rows = dataset[indices[start : start + batch_size]]
+        images = rows[image_column]
+        if images and isinstance(images[0], torch.Tensor):
+            pixel_values = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in images])
+        elif images and isinstance(images[0], (list, np.ndarray)) and image_column == "pixel_values":
+            pixel_values = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+        else:
+            images = [img.convert("RGB") if hasattr(img, "convert") else img for img in images]
+            pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        batch = {"pixel_values": pixel_values}
+        if label_column is not None:
+            batch["labels"] = torch.as_tensor(rows[label_column], dtype=torch.long)
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------- batches
+def _to_batch(item: Any) -> dict[str, torch.Tensor]:
+    if isinstance(item, dict) or hasattr(item, "keys"):
+        batch = dict(item)
+    elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor):
+        batch = {"pixel_values": item[0], "labels": item[1]}
+    elif isinstance(item, torch.Tensor):
+        batch = {"pixel_values": item}
+    else:
+        raise CalibrationDataError(
+            f"A calibration batch must be a dict with 'pixel_values' (and 'labels'), an (images, labels) pair or a tensor; "
+            f"got {type(item).__name__}."
+        )
+    if "pixel_values" not in batch:
+        raise CalibrationDataError(f"A calibration batch has no 'pixel_values' (keys: {sorted(batch)}); turn images into pixel_values with the image processor.")
+    if not isinstance(batch["pixel_values"], torch.Tensor):
+        batch["pixel_values"] = torch.as_tensor(np.asarray(batch["pixel_values"]), dtype=torch.float32)
+    if "labels" in batch and batch["labels"] is not None and not isinstance(batch["labels"], torch.Tensor):
+        batch["labels"] = torch.as_tensor(batch["labels"], dtype=torch.long)
+    if "labels" in batch and batch["labels"] is None:
+        del batch["labels"]
+    return batch
+
+
+def _validate(batch: dict[str, torch.Tensor], num_channels: int | None) -> None:
+    pv = batch["pixel_values"]
+    if pv.dim() == 3:
+        raise CalibrationDataError(
+            f"pixel_values has shape {tuple(pv.shape)}: expected (batch, channels, height, width). "
+            "A single image needs a batch dimension: pixel_values.unsqueeze(0)."
+        )
+    if pv.dim() != 4:
+        raise CalibrationDataError(f"pixel_values has shape {tuple(pv.shape)}: expected 4 dimensions (batch, channels, height, width).")
+    if pv.shape[0] == 0:
+        raise CalibrationDataError("A calibration batch is empty (batch size 0).")
+    if num_channels is not None and pv.shape[1] != num_channels:
+        raise CalibrationDataError(
+            f"pixel_values has {pv.shape[1]} channels but the model expects {num_channels}: "
+            f"shape {tuple(pv.shape)} should be (batch, {num_channels}, height, width) (channels first)."
+        )
+    if not torch.is_floating_point(pv):
+        raise CalibrationDataError(f"pixel_values must be floating point (got {pv.dtype}); use the model's image processor.")
+    labels = batch.get("labels")
+    if labels is not None and (labels.dim() != 1 or labels.shape[0] != pv.shape[0]):
+        raise CalibrationDataError(f"labels has shape {tuple(labels.shape)}; expected ({pv.shape[0]},), one class index per image.")
+
+
+class CalibrationData:
+    """Re-iterable calibration batches (dicts with ``pixel_values`` and optionally ``labels``).
+
+    Build it with :meth:`from_source`. Iterating yields at most ``num_samples`` samples. For a Dataset the
+    samples are a seeded random subset; :meth:`iter_batches` can draw more batches than one pass holds (it
+    reshuffles with a new seed for each pass), which gradient-based methods use.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+        *,
+        num_samples: int | None,
+        has_labels: bool | None,
+        reiterable: bool = True,
+        num_channels: int | None = None,
+        source_length: int | None = None,
+        batch_size: int | None = None,
+    ):
+        self._factory = factory
+        self.num_samples = num_samples
+        self.has_labels = has_labels
+        self.reiterable = reiterable
+        self.num_channels = num_channels
+        self.source_length = source_length
+        self.batch_size = batch_size
+        self._passes = 0
+        self._pending = None
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_source(
+        cls,
+        source: Any,
+        *,
+        model=None,
+        image_processor=None,
+        batch_size: int = 32,
+        num_samples: int | None = None,
+        seed: int = 0,
+        needs_labels: bool = False,
+        method: str = "this method",
+    ) -> "CalibrationData":
+        """Normalise any supported calibration source. Raises :class:`CalibrationDataError` on empty or
+        mis-shaped data and on missing labels when ``needs_labels``."""
+        if isinstance(source, CalibrationData):
+            data = source
+        else:
+            data = cls._build(source, model=model, image_processor=image_processor, batch_size=batch_size, num_samples=num_samples, seed=seed)
+        data._check(needs_labels=needs_labels, method=method)
+        return data
+
+    @classmethod
+    def _build(cls, source, *, model, image_processor, batch_size, num_samples, seed) -> "CalibrationData":
+        import datasets
+
+        num_channels = getattr(getattr(model, "config", None), "num_channels", None)
+        if source is None:
+            raise CalibrationDataError("calibration_data is None.")
+        if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            raise CalibrationDataError(
+                f"calibration_data is a DatasetDict with splits {list(source)}: pick one, e.g. calibration_data=ds['train']."
+            )
+        if isinstance(source, datasets.Dataset):
+            if len(source) == 0:
+                raise CalibrationDataError("calibration_data is an empty Dataset (0 rows).")
+            image_column, label_column = find_columns(source)
+            processor = None
+            if not (image_column == "pixel_values"):
+                processor = resolve_image_processor(model, image_processor)
+            length = len(source)
+            n = min(num_samples, length) if num_samples else length
+
+            def factory(pass_index: int, *, size: int | None = None, bs: int | None = None):
+                idx = random_indices(length, size or n, seed + pass_index)
+                return dataset_batches(source, idx, bs or batch_size, processor, image_column=image_column, label_column=label_column)
+
+            return cls(factory, num_samples=n, has_labels=label_column is not None, num_channels=num_channels, source_length=length, batch_size=batch_size)
+        if isinstance(source, dict):
+            source = [source]
+        if isinstance(source, torch.Tensor):
+            source = [{"pixel_values": source}]
+        if not isinstance(source, Iterable):
+            raise CalibrationDataError(
+                f"calibration_data of type {type(source).__name__} is not supported: give a datasets.Dataset, a DataLoader, "
+                "or an iterable of dicts with 'pixel_values' (and 'labels')."
+            )
+        reiterable = iter(source) is not source  # generators and iterators are one-shot
+
+        def factory(pass_index: int, **_):
+            seen = 0
+            for item in source:
+                batch = _to_batch(item)
+                if num_samples is not None:
+                    left = num_samples - seen
+                    if left <= 0:
+                        return
+                    if batch["pixel_values"].shape[0] > left:
+                        batch = {k: v[:left] for k, v in batch.items()}
+                seen += batch["pixel_values"].shape[0]
+                yield batch
+
+        # has_labels=None: read off the first batch in _check
+        return cls(factory, num_samples=num_samples, has_labels=None, reiterable=reiterable, num_channels=num_channels)
+
+    def _check(self, *, needs_labels: bool, method: str) -> None:
+        if self.has_labels is None:
+            # peek at the first batch (a one-shot iterator keeps it for the first pass)
+            iterator = self._factory(0)
+            first = next(iterator, None)
+            if first is None:
+                raise CalibrationDataError("calibration_data is empty: it yielded no batch.")
+            _validate(first, self.num_channels)
+            self.has_labels = "labels" in first
+            if not self.reiterable:
+                self._pending = (first, iterator)
+        if needs_labels and not self.has_labels:
+            raise CalibrationDataError(
+                f"{method} needs a loss, so the calibration data must have labels: give a Dataset with a label column, "
+                "or batches with a 'labels' tensor."
+            )
+
+    # ------------------------------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self._pass(0)
+
+    def _pass(self, pass_index: int, **kwargs) -> Iterator[dict[str, torch.Tensor]]:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            first, rest = pending
+            yield first
+            for batch in rest:
+                _validate(batch, self.num_channels)
+                yield batch
+            self._passes += 1
+            return
+        if not self.reiterable and self._passes > 0:
+            raise CalibrationDataError(
+                "calibration_data is a one-shot iterator (a generator) and was already consumed; pass a list, a DataLoader or a Dataset."
+            )
+        count = 0
+        for batch in self._factory(pass_index, **kwargs):
+            _validate(batch, self.num_channels)
+            count += 1
+            yield batch
+        self._passes += 1
+        if count == 0:
+            raise CalibrationDataError("calibration_data is empty: it yielded no batch.")
+
+    def iter_batches(self, num_batches: int, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Exactly ``num_batches`` batches, making further passes over the data when one pass is too short
+        (a Dataset is re-drawn with a new seed each pass; a re-iterable source is iterated again)."""
+        produced = 0
+        pass_index = 0
+        while produced < num_batches:
+            before = produced
+            kwargs = {"bs": batch_size} if batch_size is not None and self.source_length is not None else {}
+            for batch in self._pass(pass_index, **kwargs):
+                yield batch
+                produced += 1
+                if produced >= num_batches:
+                    return
+            pass_index += 1
+            if produced == before:
+                raise CalibrationDataError("calibration_data yielded no batch.")

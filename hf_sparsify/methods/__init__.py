@@ -1,0 +1,7 @@
+"""Pruning methods. Each lives in its own folder (``config.py`` + ``pruner.py``) and joins the registry in its
+``__init__.py`` with one ``register_method(...)`` line; importing this package registers them all."""
+
+from .base import Pruner, PruningError, PruningResult
+from .magnitude import MagnitudeConfig, MagnitudePruner
+
+__all__ = ["MagnitudeConfig", "MagnitudePruner", "Pruner", "PruningError", "PruningResult"]

@@ -1,0 +1,99 @@
+"""Physical removal of structures (MLP neurons, attention heads, ConvNeXt channels) and bias folding.
+
+Structured methods (VBP, SOSP, SPDY on widths) decide which units of a :class:`StructureGroup` to keep; the
+functions here make the model physically smaller. The shapes are recorded afterwards by
+:func:`hf_sparsify.surgery.shapes.record_shapes` so the one-call loader can rebuild the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..adapters.base import StructureGroup
+
+__all__ = ["fold_into_bias", "remove_units", "keep_units"]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _sliced_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    index = index.to(layer.weight.device)
+    weight = layer.weight.detach().index_select(dim, index).clone()
+    bias = None
+    if layer.bias is not None:
+        bias = layer.bias.detach().clone() if dim == 1 else layer.bias.detach().index_select(0, index).clone()
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.weight.requires_grad_(layer.weight.requires_grad)
+    if bias is not None:
+        new.bias.requires_grad_(layer.bias.requires_grad)
+    return new
+
+
+@torch.no_grad()
+def fold_into_bias(model: nn.Module, group: StructureGroup, units: torch.Tensor, values: torch.Tensor) -> None:
+    """Add ``W[:, rows(units)] @ values`` to each consumer's bias (creating the bias if the layer has none).
+
+    This is VBP's mean-shift compensation: a removed unit whose activation is replaced by its mean ``values``
+    contributes a constant to the consumer's output. With LayerScale after the consumer the fold stays exact,
+    since the scale multiplies the whole consumer output, bias included.
+
+    Args:
+        units: indices of the removed units; ``values``: one value per removed row (``len(units)*unit_size``),
+            in the units' row order.
+    """
+    if group.blocks_exact_fold:
+        raise ValueError(f"cannot fold removed units of {group.name} into a bias: {group.blocks_exact_fold}.")
+    rows = group.unit_rows(units)
+    for name in group.consumers:
+        layer = model.get_submodule(name)
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"bias folding supports nn.Linear consumers, {name} is {type(layer).__name__}")
+        weight = layer.weight
+        shift = weight[:, rows.to(weight.device)].double() @ values.to(weight.device).double()
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(weight.shape[0], device=weight.device, dtype=weight.dtype))
+        layer.bias.add_(shift.to(layer.bias.dtype))
+
+
+@torch.no_grad()
+def keep_units(model: nn.Module, group: StructureGroup, keep: torch.Tensor) -> StructureGroup:
+    """Shrink the group to the units in ``keep`` (sorted, unique indices). Returns the updated group.
+
+    Producers lose rows (and bias entries), consumers lose input columns, extra parameters lose entries, and
+    the owner's count attribute (``num_attention_heads``) is updated.
+    """
+    keep = torch.as_tensor(keep, dtype=torch.long).unique(sorted=True)
+    if keep.numel() and (keep.min() < 0 or keep.max() >= group.num_units):
+        raise IndexError(f"unit indices out of range for {group.name} ({group.num_units} units)")
+    rows = group.unit_rows(keep)
+    for name in group.producers:
+        _set_module(model, name, _sliced_linear(model.get_submodule(name), rows, dim=0))
+    for name in group.consumers:
+        _set_module(model, name, _sliced_linear(model.get_submodule(name), rows, dim=1))
+    for param_name, dim in group.extra_params:
+        owner_name, _, attr = param_name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        param = getattr(owner, attr)
+        new = nn.Parameter(param.detach().index_select(dim, rows.to(param.device)).clone(), requires_grad=param.requires_grad)
+        setattr(owner, attr, new)
+    if group.count_attribute:
+        setattr(model.get_submodule(group.name), group.count_attribute, int(keep.numel()))
+    group.num_units = int(keep.numel())
+    return group
+
+
+def remove_units(model: nn.Module, group: StructureGroup, remove: torch.Tensor) -> StructureGroup:
+    """Shrink the group by removing the units in ``remove`` (the complement of :func:`keep_units`)."""
+    remove = torch.as_tensor(remove, dtype=torch.long)
+    mask = torch.ones(group.num_units, dtype=torch.bool)
+    mask[remove] = False
+    return keep_units(model, group, mask.nonzero().flatten())
