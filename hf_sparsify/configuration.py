@@ -168,6 +168,8 @@ class PruningConfig:
     """
 
     method: ClassVar[str] = ""
+    #: the field that the CLI's ``--sparsity`` sets (VBP: ``pruning_ratio``)
+    sparsity_field: ClassVar[str] = "sparsity"
 
     targets: list[str] | None = None
     ignore: list[str] | None = None

@@ -1,0 +1,44 @@
+"""Cross-process helpers for observers, on top of Accelerate's process state.
+
+Under ``accelerate launch --num_processes N`` every process sees the same calibration stream;
+:func:`shard_batches` gives each process its own share (batch ``i`` goes to process ``i % N``) and
+:func:`all_reduce_sum` adds the per-process statistics, so every process ends with the same totals as a single
+process that saw all batches. With one process both are no-ops.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+__all__ = ["distributed_state", "all_reduce_sum", "shard_batches"]
+
+
+def distributed_state():
+    """Accelerate's ``PartialState`` (initialises torch.distributed under ``accelerate launch``)."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def shard_batches(batches: Iterable[T], state=None) -> Iterator[T]:
+    """Yield the batches that belong to this process (round robin)."""
+    state = state or distributed_state()
+    if state.num_processes == 1:
+        yield from batches
+        return
+    for index, batch in enumerate(batches):
+        if index % state.num_processes == state.process_index:
+            yield batch
+
+
+@torch.no_grad()
+def all_reduce_sum(tensor: torch.Tensor, state=None) -> torch.Tensor:
+    """Sum ``tensor`` over all processes, in place (float64 stays float64; gloo and NCCL both work)."""
+    state = state or distributed_state()
+    if state.num_processes > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
