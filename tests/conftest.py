@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny models of every supported family built from configs in code, the bundled demo assets,
+and ``../shared`` (skipped with a reason when absent, as in a user's clone)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Offline and quiet, before transformers/datasets are imported by the tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_SPARSIFY_DISABLE_TQDM", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+try:
+    import datasets
+
+    datasets.disable_progress_bars()
+except ImportError:  # pragma: no cover
+    pass
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = (REPO_ROOT / ".." / "shared").resolve()
+
+# family name -> (config class name, model class name, config kwargs)
+TINY_FAMILIES = {
+    "vit": ("ViTConfig", "ViTForImageClassification", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4)),
+    "deit": ("DeiTConfig", "DeiTForImageClassification", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4)),
+    "deit_teacher": ("DeiTConfig", "DeiTForImageClassificationWithTeacher", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4)),
+    "dinov2": ("Dinov2Config", "Dinov2ForImageClassification", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=16, patch_size=4)),
+    "dinov2_swiglu": ("Dinov2Config", "Dinov2ForImageClassification", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=16, patch_size=4, use_swiglu_ffn=True)),
+    "dinov2_registers": ("Dinov2WithRegistersConfig", "Dinov2WithRegistersForImageClassification", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=16, patch_size=4, num_register_tokens=2)),
+    "convnext": ("ConvNextConfig", "ConvNextForImageClassification", dict(num_stages=2, hidden_sizes=[8, 16], depths=[1, 2], image_size=32)),
+    "convnextv2": ("ConvNextV2Config", "ConvNextV2ForImageClassification", dict(num_stages=2, hidden_sizes=[8, 16], depths=[1, 2], image_size=32)),
+}
+BACKBONES = {
+    "vit": "ViTModel",
+    "deit": "DeiTModel",
+    "dinov2": "Dinov2Model",
+    "dinov2_swiglu": "Dinov2Model",
+    "convnext": "ConvNextModel",
+    "convnextv2": "ConvNextV2Model",
+}
+
+
+def make_tiny_model(family: str, *, backbone: bool = False, num_labels: int = 5, seed: int = 0, **overrides):
+    """A tiny randomly initialised model of ``family`` (see ``TINY_FAMILIES``), in eval mode.
+
+    Weights are perturbed away from their init (LayerScale, zero biases) so every tensor matters in tests.
+    """
+    config_name, model_name, kwargs = TINY_FAMILIES[family]
+    kwargs = {**kwargs, **overrides}
+    if not backbone:
+        kwargs["num_labels"] = num_labels
+    config = getattr(transformers, config_name)(**kwargs)
+    cls = getattr(transformers, BACKBONES[family] if backbone else model_name)
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layer_scale" in name or "lambda1" in name or name.endswith("bias") or "grn" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def tiny_pixel_values(model, batch: int = 4, seed: int = 0) -> torch.Tensor:
+    size = model.config.image_size if hasattr(model.config, "image_size") else 32
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, model.config.num_channels, size, size, generator=g)
+
+
+def tiny_batches(model, num_batches: int = 2, batch: int = 4, num_labels: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(num_batches):
+        out.append({"pixel_values": tiny_pixel_values(model, batch, seed + i), "labels": torch.randint(0, num_labels, (batch,), generator=g)})
+    return out
+
+
+@pytest.fixture(params=sorted(TINY_FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny_model(family):
+    return make_tiny_model(family)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"../shared is absent ({SHARED_DIR}): these tests need the shared CIFAR-10 data and trained model")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(shared_dir) -> Path:
+    path = shared_dir / "data" / "cifar10"
+    if not (path / "test.parquet").exists():
+        pytest.skip(f"{path} has no test.parquet")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    from hf_sparsify.assets import DEMO_MODEL_DIR
+
+    return DEMO_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_model_dir):
+    return transformers.AutoModelForImageClassification.from_pretrained(demo_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def demo_processor(demo_model_dir):
+    return transformers.AutoImageProcessor.from_pretrained(demo_model_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_calibration():
+    from hf_sparsify.assets import demo_dataset
+
+    return demo_dataset("calibration")
+
+
+@pytest.fixture(scope="session")
+def demo_evaluation():
+    from hf_sparsify.assets import demo_dataset
+
+    return demo_dataset("evaluation")
+
+
+@pytest.fixture
+def tiny_factory():
+    """``make_tiny_model(family, backbone=False, num_labels=5, seed=0, **config_overrides)``."""
+    return make_tiny_model
