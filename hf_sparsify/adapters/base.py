@@ -164,7 +164,7 @@ class ModelAdapter:
         if targets is None:
             layers = self.prunable_layers()
         else:
-            known = {layer.name: layer for layer in self.prunable_layers()}
+            known = {layer.name: layer for layer in self._known_layers()}
             layers = []
             for name, module in self.model.named_modules():
                 if isinstance(module, PRUNABLE_MODULE_TYPES) and any(re.search(p, name) for p in targets):
@@ -179,6 +179,10 @@ class ModelAdapter:
             if not layers:
                 raise UnsupportedModelError(f"ignore={ignore} removed every targeted layer: nothing is left to prune.")
         return layers
+
+    def _known_layers(self) -> list[PrunableLayer]:
+        """The adapter's own layers, whose roles are kept when ``targets=`` selects them."""
+        return self.prunable_layers()
 
     def _example_names(self, limit: int = 8) -> list[str]:
         names = [n for n, m in self.model.named_modules() if isinstance(m, PRUNABLE_MODULE_TYPES)]

@@ -11,6 +11,9 @@ class GenericAdapter(ModelAdapter):
 
     family = "generic"
 
+    def _known_layers(self) -> list[PrunableLayer]:
+        return []
+
     def prunable_layers(self) -> list[PrunableLayer]:
         from . import supported_model_types
 

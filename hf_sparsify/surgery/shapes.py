@@ -8,8 +8,12 @@ which is saved in ``config.json``:
 * ``parameter_shapes``: ``{parameter name: [shape]}`` for other parameters (ConvNeXtV2's GRN)
 * ``module_attributes``: ``{module name: {"num_attention_heads": ..}}``
 * ``per_layer_config``: the transformers-native per-layer overrides (``intermediate_size``,
-  ``num_attention_heads``, ``mlp_ratio``), written into the saved ``config.json`` so that plain transformers
-  refuses the checkpoint loudly instead of re-initialising weights.
+  ``num_attention_heads``, integer ``mlp_ratio``), written into the saved ``config.json`` so that plain
+  transformers refuses the checkpoint loudly (AmbiguousGlobalPerLayerAttributeError) instead of re-initialising
+  weights, even with ``ignore_mismatched_sizes=True``. Widths that no config field can express (ConvNeXt hidden
+  channels, DINOv2 widths that are not whole multiples of ``hidden_size``) have no such guard: plain transformers
+  then stops with its size-mismatch error, and only an explicit ``ignore_mismatched_sizes=True`` would load them
+  re-initialised.
 
 Where every block has the same width, the standard config field is set instead (``intermediate_size``,
 ``num_attention_heads`` with an explicit ``head_dim``), and plain transformers loads the checkpoint.
@@ -42,6 +46,9 @@ def get_metadata(config) -> dict[str, Any]:
 
 
 def is_structured(config) -> bool:
+    """Whether the config records shapes that differ from its dense model, i.e. the checkpoint needs
+    ``AutoSparseModelForImageClassification`` (uniformly shrunk models set the standard fields instead and load
+    with plain transformers)."""
     meta = getattr(config, METADATA_KEY, None) or {}
     return any(meta.get(key) for key in _SHAPE_KEYS)
 
@@ -109,18 +116,16 @@ def _set_standard_fields(model: nn.Module, adapter) -> dict[int, dict[str, Any]]
                     if w != config.intermediate_size:
                         per_layer.setdefault(g.block_index, {})["intermediate_size"] = w
         elif key == "mlp_ratio":
+            # DINOv2's mlp_ratio is an int: only widths that are whole multiples of hidden_size are expressible.
             hidden = config.hidden_size
             swiglu = bool(getattr(config, "use_swiglu_ffn", False))
-            uniform = len(set(widths)) == 1 and not swiglu and int(hidden * (widths[0] / hidden)) == widths[0]
-            if uniform:
-                config.mlp_ratio = widths[0] / hidden
-            else:
-                dense_width = int(hidden * config.mlp_ratio)
-                if swiglu:
-                    dense_width = (int(dense_width * 2 / 3) + 7) // 8 * 8
+            expressible = [not swiglu and w % hidden == 0 for w in widths]
+            if len(set(widths)) == 1 and expressible[0]:
+                config.mlp_ratio = widths[0] // hidden
+            elif all(expressible):
                 for g, w in zip(mlps, widths):
-                    if w != dense_width:
-                        per_layer.setdefault(g.block_index, {})["mlp_ratio"] = w / hidden
+                    if w // hidden != config.mlp_ratio:
+                        per_layer.setdefault(g.block_index, {})["mlp_ratio"] = w // hidden
     return per_layer
 
 
