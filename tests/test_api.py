@@ -1,0 +1,121 @@
+"""prune(): inputs, calibration handling and the errors users meet."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import hf_sparsify
+from hf_sparsify import CalibrationDataError, MagnitudeConfig, Pruner, PruningConfig, PruningResult, register_method
+from hf_sparsify.adapters import UnsupportedModelError
+from tests.conftest import make_tiny_model, tiny_batches
+
+
+@dataclass(kw_only=True)
+class _LossConfig(PruningConfig):
+    sparsity: float = 0.5
+
+
+class _LossPruner(Pruner):
+    """A test method that needs labelled calibration data: it records the mean loss it saw."""
+
+    config_class = _LossConfig
+    needs_calibration_data = True
+
+    def needs_labels(self):
+        return True
+
+    def prune(self, model, adapter, calibration, *, device, disable_tqdm=False):
+        losses = [model(**batch).loss.item() for batch in calibration]
+        return PruningResult(method="test-loss", info={"batches": len(losses), "mean_loss": sum(losses) / len(losses)})
+
+
+register_method("test-loss", _LossConfig, _LossPruner)
+
+
+def test_prune_accepts_config_dicts_and_files(tmp_path):
+    model = make_tiny_model("vit")
+    a = hf_sparsify.prune(model, {"method": "magnitude", "sparsity": 0.4})
+    MagnitudeConfig(sparsity=0.4).save_pretrained(tmp_path)
+    b = hf_sparsify.prune(model, tmp_path)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert isinstance(b.pruning_config, MagnitudeConfig)
+
+
+def test_unknown_model_type_fails_before_any_work():
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3))
+    with pytest.raises(UnsupportedModelError, match="Supported model types"):
+        hf_sparsify.prune(model, MagnitudeConfig(sparsity=0.5))
+    pruned = hf_sparsify.prune(model, MagnitudeConfig(sparsity=0.5, targets=[r"convolution$"]))
+    assert hf_sparsify.sparsity_report(pruned).sparsity > 0.2
+
+
+def test_method_needing_data_refuses_none():
+    with pytest.raises(CalibrationDataError, match="reads calibration data"):
+        hf_sparsify.prune(make_tiny_model("vit"), _LossConfig())
+
+
+def test_labels_missing_when_a_loss_is_needed():
+    model = make_tiny_model("vit")
+    batches = [{"pixel_values": b["pixel_values"]} for b in tiny_batches(model)]
+    with pytest.raises(CalibrationDataError, match="needs a loss.*labels"):
+        hf_sparsify.prune(model, _LossConfig(), batches)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ([], "empty"),
+        ([{"pixel_values": torch.randn(3, 16, 16), "labels": torch.tensor([0])}], "batch dimension"),
+        ([{"pixel_values": torch.randn(2, 16, 16, 3), "labels": torch.tensor([0, 1])}], "channels"),
+        ([{"pixel_values": torch.randn(0, 3, 16, 16), "labels": torch.zeros(0, dtype=torch.long)}], "empty"),
+        ([{"image": torch.randn(2, 3, 16, 16)}], "no 'pixel_values'"),
+        ([{"pixel_values": torch.randn(2, 3, 16, 16), "labels": torch.tensor([[0], [1]])}], "one class index per image"),
+        (["not a batch"], "must be a dict"),
+        (42, "not supported"),
+    ],
+)
+def test_bad_calibration_data(data, message):
+    with pytest.raises(CalibrationDataError, match=message):
+        hf_sparsify.prune(make_tiny_model("vit"), _LossConfig(), data)
+
+
+def test_calibration_sources_list_loader_tuple_generator():
+    model = make_tiny_model("vit")
+    batches = tiny_batches(model, num_batches=3)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.cat([b["pixel_values"] for b in batches]), torch.cat([b["labels"] for b in batches])), batch_size=4)
+    results = []
+    for source in (batches, loader, (b for b in batches)):
+        pruned = hf_sparsify.prune(model, _LossConfig(), source)
+        results.append(pruned.pruning_result.info)
+    assert results[0]["batches"] == 3 and results[0] == results[1] == results[2]
+
+
+def test_num_calibration_samples_limits_iterables():
+    model = make_tiny_model("vit")
+    pruned = hf_sparsify.prune(model, _LossConfig(num_calibration_samples=6), tiny_batches(model, num_batches=3))
+    assert pruned.pruning_result.info["batches"] == 2  # 4 + 2 samples
+
+
+def test_dataset_with_images_goes_through_the_image_processor(demo_model, demo_processor, demo_calibration):
+    pruned = hf_sparsify.prune(demo_model, _LossConfig(num_calibration_samples=40, calibration_batch_size=16), demo_calibration, image_processor=demo_processor)
+    assert pruned.pruning_result.info["batches"] == 3
+    # the model's own processor is found from its path when none is given
+    pruned = hf_sparsify.prune(demo_model, _LossConfig(num_calibration_samples=16, calibration_batch_size=16), demo_calibration)
+    assert pruned.pruning_result.info["batches"] == 1
+
+
+def test_dataset_dict_asks_for_a_split(demo_calibration):
+    import datasets
+
+    with pytest.raises(CalibrationDataError, match="pick one"):
+        hf_sparsify.prune(make_tiny_model("vit"), _LossConfig(), datasets.DatasetDict({"train": demo_calibration}))
+
+
+def test_device_argument_runs_on_cpu():
+    pruned = hf_sparsify.prune(make_tiny_model("vit"), MagnitudeConfig(sparsity=0.5), device="cpu")
+    assert next(pruned.parameters()).device.type == "cpu"

@@ -1,0 +1,83 @@
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_sparsify.data import CalibrationData, CalibrationDataError, find_columns, load_image_dataset, random_indices
+
+
+def _sorted_dataset(n_per_class=20, classes=4):
+    images = [Image.fromarray(np.full((8, 8, 3), 10 * c, dtype=np.uint8)) for c in range(classes) for _ in range(n_per_class)]
+    labels = [c for c in range(classes) for _ in range(n_per_class)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"c{i}" for i in range(classes)])})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+class _Processor:
+    def __call__(self, images, return_tensors="pt"):
+        import torch
+
+        return {"pixel_values": torch.stack([torch.as_tensor(np.array(i), dtype=torch.float32).permute(2, 0, 1) / 255 for i in images])}
+
+
+def test_random_indices_are_seeded_and_not_the_first_rows():
+    a = random_indices(1000, 50, seed=0)
+    assert a == random_indices(1000, 50, seed=0) and a != random_indices(1000, 50, seed=1)
+    assert len(set(a)) == 50 and a != list(range(50))
+
+
+def test_dataset_calibration_draws_every_class_from_a_sorted_dataset():
+    ds = _sorted_dataset()
+    data = CalibrationData.from_source(ds, image_processor=_Processor(), batch_size=8, num_samples=16, seed=0)
+    labels = [int(l) for batch in data for l in batch["labels"]]
+    assert len(labels) == 16 and len(set(labels)) >= 3  # the first 16 rows would all be class 0
+    again = [int(l) for batch in data for l in batch["labels"]]
+    assert labels == again  # re-iterable, same subset
+    more = list(data.iter_batches(5))
+    assert len(more) == 5  # a second pass is drawn with a new seed
+
+
+def test_find_columns():
+    ds = _sorted_dataset()
+    assert find_columns(ds) == ("image", "label")
+    with pytest.raises(CalibrationDataError, match="no image column"):
+        find_columns(datasets.Dataset.from_dict({"x": [1, 2]}))
+
+
+def test_one_shot_generator_is_consumed_once():
+    import torch
+
+    batches = ({"pixel_values": torch.randn(2, 3, 8, 8)} for _ in range(2))
+    data = CalibrationData.from_source(batches)
+    assert len(list(data)) == 2
+    with pytest.raises(CalibrationDataError, match="one-shot"):
+        list(data)
+
+
+def test_load_image_dataset_from_every_local_layout(tmp_path):
+    ds = _sorted_dataset(n_per_class=3, classes=2)
+    parquet = tmp_path / "train.parquet"
+    ds.to_parquet(str(parquet))
+    assert len(load_image_dataset(parquet)) == 6
+    (tmp_path / "splits").mkdir()
+    ds.to_parquet(str(tmp_path / "splits" / "test.parquet"))
+    assert len(load_image_dataset(tmp_path / "splits", split="test")) == 6
+    with pytest.raises(CalibrationDataError, match="not 'train'"):
+        load_image_dataset(tmp_path / "splits", split="train")
+    datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "disk"))
+    assert len(load_image_dataset(tmp_path / "disk", split="test")) == 6
+    folder = tmp_path / "images" / "train"
+    for c in ("cat", "dog"):
+        (folder / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / c / f"{i}.png")
+    loaded = load_image_dataset(tmp_path / "images", split="train")
+    assert len(loaded) == 4 and find_columns(loaded) == ("image", "label")
+    with pytest.raises(CalibrationDataError, match="does not exist"):
+        load_image_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibrationDataError, match="empty folder"):
+        load_image_dataset(tmp_path / "empty")
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    with pytest.raises(CalibrationDataError, match="must be .parquet"):
+        load_image_dataset(tmp_path / "x.csv")
