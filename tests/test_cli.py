@@ -104,3 +104,16 @@ def test_demo_runs_and_can_be_rerun(tmp_path):
     assert (out / "model.safetensors").exists() and (out / "pruning_config.json").exists()
     again = run("demo", "--disable-tqdm", cwd=tmp_path)  # replaces its own previous output
     assert again.returncode == 0, again.stderr
+
+
+def test_wrong_method_config_is_refused_in_process(tmp_path, capsys):
+    from hf_sparsify import MagnitudeConfig
+    from hf_sparsify.cli import main
+    from tests.test_api import _LossConfig  # noqa: F401 - registers the "test-loss" method
+
+    MagnitudeConfig(sparsity=0.5).save_pretrained(tmp_path / "cfg")
+    code = main(["prune", str(DEMO_MODEL_DIR), "--method", "test-loss", "--config", str(tmp_path / "cfg"), "--output", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "is a 'magnitude' configuration but --method is 'test-loss'" in err
+    assert not (tmp_path / "o").exists()
