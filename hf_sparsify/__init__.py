@@ -17,7 +17,7 @@ from .api import prune  # noqa: E402
 from .configuration import PruningConfig, PruningConfigError, available_methods, register_method  # noqa: E402
 from .data import CalibrationData, CalibrationDataError, load_image_dataset  # noqa: E402
 from .io import save_pretrained  # noqa: E402
-from .methods import MagnitudeConfig, Pruner, PruningError, PruningResult  # noqa: E402
+from .methods import MagnitudeConfig, Pruner, PruningError, PruningResult, VBPConfig  # noqa: E402
 from .modeling import AutoSparseModel, AutoSparseModelForImageClassification, SparseCheckpointError  # noqa: E402
 from .report import SparsityReport, sparsity_report  # noqa: E402
 
@@ -34,6 +34,7 @@ __all__ = [
     "PruningResult",
     "SparseCheckpointError",
     "SparsityReport",
+    "VBPConfig",
     "__version__",
     "available_methods",
     "get_adapter",

@@ -3,5 +3,6 @@
 
 from .base import Pruner, PruningError, PruningResult
 from .magnitude import MagnitudeConfig, MagnitudePruner
+from .vbp import VBPConfig, VBPPruner
 
-__all__ = ["MagnitudeConfig", "MagnitudePruner", "Pruner", "PruningError", "PruningResult"]
+__all__ = ["MagnitudeConfig", "MagnitudePruner", "Pruner", "PruningError", "PruningResult", "VBPConfig", "VBPPruner"]

@@ -3,5 +3,16 @@
 layer timings (SPDY). Data parallelism (Accelerate) and the cross-process reductions live here, once for all."""
 
 from .distributed import all_reduce_sum, distributed_state, shard_batches
+from .moments import Moments, MomentObserver, NonFiniteActivationError, batch_moments, collect_activation_moments, merge_moments
 
-__all__ = ["all_reduce_sum", "distributed_state", "shard_batches"]
+__all__ = [
+    "Moments",
+    "MomentObserver",
+    "NonFiniteActivationError",
+    "all_reduce_sum",
+    "batch_moments",
+    "collect_activation_moments",
+    "distributed_state",
+    "merge_moments",
+    "shard_batches",
+]

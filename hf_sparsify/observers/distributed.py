@@ -8,6 +8,7 @@ process that saw all batches. With one process both are no-ops.
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Iterator, TypeVar
 
 import torch
@@ -18,10 +19,26 @@ __all__ = ["distributed_state", "all_reduce_sum", "shard_batches"]
 
 
 def distributed_state():
-    """Accelerate's ``PartialState`` (initialises torch.distributed under ``accelerate launch``)."""
+    """Accelerate's ``PartialState`` (initialises torch.distributed under ``accelerate launch``).
+
+    On a machine without GPUs, several processes started by a torchrun-style launcher
+    (``accelerate launch --multi_gpu --num_processes 2``, ``torchrun --nproc_per_node 2``) join over gloo:
+    accelerate only does that when asked for the CPU, which is done here (``accelerate launch --cpu`` itself starts
+    several processes only through MPI's ``mpirun``).
+    """
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=_use_cpu())
+
+
+def _use_cpu() -> bool:
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world_size = 1
+    return world_size > 1 and not torch.cuda.is_available()
 
 
 def shard_batches(batches: Iterable[T], state=None) -> Iterator[T]:

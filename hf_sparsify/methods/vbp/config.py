@@ -1,0 +1,90 @@
+"""Configuration of VBP (Variance-Based Pruning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ...configuration import PruningConfig, PruningConfigError
+
+ALLOCATIONS = ("global", "per_layer")
+GLOBAL_NORMALIZATIONS = ("mean", "max", "none")
+
+
+@dataclass(kw_only=True)
+class VBPConfig(PruningConfig):
+    """Variance-Based Pruning: remove the MLP hidden neurons whose post-activation value varies least over the
+    calibration data, and fold each removed neuron's mean into the next layer's bias (mean-shift compensation).
+    The model becomes physically smaller (narrower ``fc1``/``fc2``, ``gate/up/down_proj`` or ``pwconv1/2``).
+
+    Give exactly one of ``pruning_ratio`` and ``target_macs_reduction``.
+
+    Args:
+        pruning_ratio: fraction of the MLP hidden neurons removed (over all pruned MLPs), in [0, 1).
+        target_macs_reduction: fraction of the whole model's MACs per image to remove, in (0, 1); the widths
+            are searched so that the pruned model is as close as possible to the target.
+        allocation: ``"global"``: one variance threshold across all MLPs, on variances normalised per layer
+            (see ``global_normalization``), so blocks end up with different widths; ``"per_layer"``: the same
+            ratio in every MLP.
+        global_normalization: how each MLP's variances are made comparable before the global threshold:
+            ``"mean"`` divides them by the layer's mean variance (default: the best of the three on the
+            CIFAR-10 ViT benchmark, see benchmarks/RESULTS.md), ``"max"`` by the layer's largest variance,
+            ``"none"`` compares raw variances (blocks with small activations lose most).
+        compensation: fold ``W2[:, removed] · mean[removed]`` into the consumer's bias (the VBP mean shift).
+            ``False`` just removes the neurons (the baseline). ConvNeXtV2's GRN makes the fold inexact, so
+            ConvNeXtV2 needs ``compensation=False``.
+        min_neurons_per_layer: every pruned MLP keeps at least this many neurons (rounded up to ``round_to``);
+            ``0`` allows removing a whole MLP (its output becomes the constant folded bias).
+        round_to: kept widths are multiples of this (fast kernels like multiples of 8); a layer may also stay
+            at its full width. ``1`` disables rounding.
+        num_calibration_samples: images drawn at random (seeded) for the statistics; default 512.
+
+    ``targets`` / ``ignore`` select MLPs by regular expressions searched in the MLP's module name or the names
+    of its layers (``r"layers\\.(0|1)\\."``).
+
+    Example:
+
+    ```python
+    >>> import hf_sparsify
+    >>> config = hf_sparsify.VBPConfig(target_macs_reduction=0.35)          # or pruning_ratio=0.5
+    >>> pruned = hf_sparsify.prune(model, config, calibration_dataset, image_processor=processor)
+    >>> pruned.save_pretrained("vit-vbp-35")   # reload: AutoSparseModelForImageClassification.from_pretrained
+    ```
+    """
+
+    sparsity_field: ClassVar[str] = "pruning_ratio"
+
+    pruning_ratio: float | None = None
+    target_macs_reduction: float | None = None
+    allocation: str = "global"
+    global_normalization: str = "mean"
+    compensation: bool = True
+    min_neurons_per_layer: int = 1
+    round_to: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.pruning_ratio is None) == (self.target_macs_reduction is None):
+            given = "both" if self.pruning_ratio is not None else "neither"
+            raise PruningConfigError(
+                f"VBPConfig needs exactly one of pruning_ratio (fraction of MLP neurons removed) and "
+                f"target_macs_reduction (fraction of the model's MACs removed); {given} was given. "
+                "For example VBPConfig(pruning_ratio=0.5) or VBPConfig(target_macs_reduction=0.35)."
+            )
+        if self.pruning_ratio is not None and not 0 <= self.pruning_ratio < 1:
+            raise PruningConfigError(
+                f"pruning_ratio must be in [0, 1) (the fraction of MLP hidden neurons removed), got {self.pruning_ratio}: "
+                + ("a ratio of 1 would delete every neuron. " if self.pruning_ratio >= 1 else "")
+                + "For example pruning_ratio=0.5 removes half of them."
+            )
+        if self.target_macs_reduction is not None and not 0 < self.target_macs_reduction < 1:
+            raise PruningConfigError(
+                f"target_macs_reduction must be in (0, 1) (the fraction of the model's MACs removed), got {self.target_macs_reduction}; "
+                "for example 0.35 removes 35% of the MACs."
+            )
+        self._check_choice("allocation", self.allocation, ALLOCATIONS)
+        self._check_choice("global_normalization", self.global_normalization, GLOBAL_NORMALIZATIONS)
+        if self.min_neurons_per_layer < 0:
+            raise PruningConfigError(f"min_neurons_per_layer must be ≥ 0, got {self.min_neurons_per_layer} (0 allows removing a whole MLP).")
+        if self.round_to < 1:
+            raise PruningConfigError(f"round_to must be ≥ 1 (1 disables rounding), got {self.round_to}.")
