@@ -20,19 +20,24 @@ from .io import save_pretrained  # noqa: E402
 from .methods import MagnitudeConfig, Pruner, PruningError, PruningResult, VBPConfig  # noqa: E402
 from .modeling import AutoSparseModel, AutoSparseModelForImageClassification, SparseCheckpointError  # noqa: E402
 from .report import SparsityReport, sparsity_report  # noqa: E402
+from .trainer import DistillationConfig, PruningSchedule, PruningScheduleError, SparseTrainer  # noqa: E402
 
 __all__ = [
     "AutoSparseModel",
     "AutoSparseModelForImageClassification",
     "CalibrationData",
     "CalibrationDataError",
+    "DistillationConfig",
     "MagnitudeConfig",
     "Pruner",
     "PruningConfig",
     "PruningConfigError",
     "PruningError",
     "PruningResult",
+    "PruningSchedule",
+    "PruningScheduleError",
     "SparseCheckpointError",
+    "SparseTrainer",
     "SparsityReport",
     "VBPConfig",
     "__version__",

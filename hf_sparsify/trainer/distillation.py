@@ -1,0 +1,140 @@
+"""Knowledge distillation from the dense model: the loss and its settings.
+
+The training loss is ``hard_label_weight · CE(student, labels) + distillation_weight · T² · KL(teacher_T ‖ student_T)``
+where ``_T`` marks softmax at temperature ``T`` (Hinton et al., 2015; the ``T²`` keeps gradient scales comparable
+across temperatures). When the student is a ``DeiTForImageClassificationWithTeacher``, the hard-label loss trains
+the class-token head and the distillation term trains the distillation-token head, as in DeiT (Touvron et al.,
+2021); ``distillation_type="hard"`` uses DeiT's hard distillation, the cross-entropy with the teacher's argmax.
+
+```python
+>>> from hf_sparsify import DistillationConfig, SparseTrainer
+>>> trainer = SparseTrainer(model=pruned, teacher_model=dense, distillation=DistillationConfig(temperature=2.0), ...)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DistillationConfig", "DistillationError", "distillation_loss", "kd_loss", "check_teacher"]
+
+
+class DistillationError(ValueError):
+    """The teacher cannot teach this student (different label space) or the settings are invalid."""
+
+
+@dataclass(kw_only=True)
+class DistillationConfig:
+    """Settings of the distillation loss.
+
+    Args:
+        temperature: softmax temperature ``T`` of the KL term (> 0).
+        distillation_weight: weight of the teacher term (≥ 0).
+        hard_label_weight: weight of the cross-entropy with the dataset labels (≥ 0); default
+            ``1 - distillation_weight`` when that is non-negative, else 0.
+        distillation_type: ``"soft"`` (KL at temperature ``T``) or ``"hard"`` (cross-entropy with the teacher's
+            argmax, DeiT's hard distillation).
+    """
+
+    temperature: float = 2.0
+    distillation_weight: float = 0.5
+    hard_label_weight: float | None = None
+    distillation_type: str = "soft"
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise DistillationError(f"temperature must be > 0, got {self.temperature}.")
+        if self.distillation_weight < 0:
+            raise DistillationError(f"distillation_weight must be ≥ 0, got {self.distillation_weight}.")
+        if self.hard_label_weight is None:
+            self.hard_label_weight = max(0.0, 1.0 - self.distillation_weight)
+        if self.hard_label_weight < 0:
+            raise DistillationError(f"hard_label_weight must be ≥ 0, got {self.hard_label_weight}.")
+        if self.distillation_type not in ("soft", "hard"):
+            raise DistillationError(f"distillation_type={self.distillation_type!r} is not 'soft' or 'hard'.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, kind: str = "soft") -> torch.Tensor:
+    """The teacher term: ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` averaged over the batch (``"soft"``), or the
+    cross-entropy with the teacher's argmax (``"hard"``). Computed in float32."""
+    s = student_logits.float()
+    t = teacher_logits.detach().float()
+    if kind == "hard":
+        return F.cross_entropy(s, t.argmax(dim=-1))
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    log_p_t = F.log_softmax(t / temperature, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+
+
+def _logits(output, name: str) -> torch.Tensor:
+    value = getattr(output, name, None)
+    if value is None and isinstance(output, dict):
+        value = output.get(name)
+    return value
+
+
+def distillation_loss(
+    student_output,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    config: DistillationConfig,
+    *,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The combined loss and its parts (``{"teacher_loss", "label_loss"}``, detached).
+
+    ``student_output`` is the student's model output; a ``DeiTForImageClassificationWithTeacher`` output (with
+    ``cls_logits`` and ``distillation_logits``) sends the label loss to the class head and the teacher term to the
+    distillation head.
+    """
+    distill_logits = _logits(student_output, "distillation_logits")
+    if distill_logits is not None:
+        label_logits = _logits(student_output, "cls_logits")
+    else:
+        label_logits = distill_logits = _logits(student_output, "logits")
+    parts: dict[str, torch.Tensor] = {}
+    teacher_term = kd_loss(distill_logits, teacher_logits, config.temperature, config.distillation_type)
+    parts["teacher_loss"] = teacher_term.detach()
+    loss = config.distillation_weight * teacher_term
+    if labels is not None and config.hard_label_weight > 0:
+        label_term = F.cross_entropy(label_logits.float(), labels, label_smoothing=label_smoothing)
+        parts["label_loss"] = label_term.detach()
+        loss = loss + config.hard_label_weight * label_term
+    return loss, parts
+
+
+def _label_names(config) -> dict[int, str] | None:
+    id2label = getattr(config, "id2label", None) or {}
+    names = {int(k): str(v) for k, v in id2label.items()}
+    if not names or all(v == f"LABEL_{k}" for k, v in names.items()):
+        return None  # transformers' placeholder names carry no meaning
+    return names
+
+
+def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
+    """Refuse a teacher whose label space differs from the student's (number of labels or label names)."""
+    s_cfg, t_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
+    if s_cfg is None or t_cfg is None:
+        return
+    s_n, t_n = getattr(s_cfg, "num_labels", None), getattr(t_cfg, "num_labels", None)
+    if s_n is not None and t_n is not None and s_n != t_n:
+        raise DistillationError(
+            f"the teacher predicts {t_n} classes but the student {s_n}: distillation compares their class "
+            "probabilities, so both must share one label space. Use the dense model the student was pruned from "
+            "(or finetune the teacher on the student's labels first)."
+        )
+    s_names, t_names = _label_names(s_cfg), _label_names(t_cfg)
+    if s_names is not None and t_names is not None and s_names != t_names:
+        diff = [k for k in sorted(s_names) if s_names.get(k) != t_names.get(k)][:3]
+        examples = ", ".join(f"{k}: student {s_names.get(k)!r} vs teacher {t_names.get(k)!r}" for k in diff)
+        raise DistillationError(
+            f"the teacher's labels differ from the student's ({examples}): both must use the same class order "
+            "(config.id2label)."
+        )
