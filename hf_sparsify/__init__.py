@@ -17,7 +17,7 @@ from .api import prune  # noqa: E402
 from .configuration import PruningConfig, PruningConfigError, available_methods, register_method  # noqa: E402
 from .data import CalibrationData, CalibrationDataError, load_image_dataset  # noqa: E402
 from .io import save_pretrained  # noqa: E402
-from .methods import MagnitudeConfig, Pruner, PruningError, PruningResult, VBPConfig  # noqa: E402
+from .methods import CAPConfig, FastCAPConfig, MagnitudeConfig, Pruner, PruningError, PruningResult, VBPConfig, WoodFisherConfig  # noqa: E402
 from .modeling import AutoSparseModel, AutoSparseModelForImageClassification, SparseCheckpointError  # noqa: E402
 from .report import SparsityReport, sparsity_report  # noqa: E402
 from .trainer import DistillationConfig, PruningSchedule, PruningScheduleError, SparseTrainer  # noqa: E402
@@ -25,9 +25,11 @@ from .trainer import DistillationConfig, PruningSchedule, PruningScheduleError, 
 __all__ = [
     "AutoSparseModel",
     "AutoSparseModelForImageClassification",
+    "CAPConfig",
     "CalibrationData",
     "CalibrationDataError",
     "DistillationConfig",
+    "FastCAPConfig",
     "MagnitudeConfig",
     "Pruner",
     "PruningConfig",
@@ -40,6 +42,7 @@ __all__ = [
     "SparseTrainer",
     "SparsityReport",
     "VBPConfig",
+    "WoodFisherConfig",
     "__version__",
     "available_methods",
     "get_adapter",

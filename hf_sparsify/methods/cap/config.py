@@ -1,0 +1,184 @@
+"""Configurations of the Fisher-based unstructured pruners: CAP, WoodFisher and FastCAP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+from ...configuration import PruningConfig, PruningConfigError
+from ..magnitude.config import check_mask_structure
+
+__all__ = ["GradientFisherConfig", "BlockFisherConfig", "CAPConfig", "WoodFisherConfig", "FastCAPConfig", "LOSSES"]
+
+LOSSES = ("labels", "features")
+#: how a callable ``loss`` is written to ``pruning_config.json`` (a function cannot be serialised)
+CUSTOM_LOSS = "custom"
+
+
+@dataclass(kw_only=True)
+class GradientFisherConfig(PruningConfig):
+    """Fields shared by CAP, WoodFisher and FastCAP: the target, the gradients and the Fisher.
+
+    Args:
+        sparsity: fraction of the targeted weights removed, in [0, 1).
+        mask_structure: ``"unstructured"`` or ``"N:M"`` (e.g. ``"2:4"``: at most N weights kept in every group of M
+            consecutive weights along the input dimension; the OBS updates stay inside the Fisher blocks, which
+            hold whole groups). N:M fixes ``sparsity = 1 − N/M``.
+        fisher_block_size: ``B``, weights per Fisher block. A weight of ``d`` entries uses the smallest divisor of
+            ``d`` that is ``≥ B`` (and a multiple of M for N:M); the size used is reported per layer.
+        num_grads: mini-batch gradients averaged into the Fisher (per recomputation).
+        grad_batch_size: images per mini-batch gradient (``None``: ``calibration_batch_size``). Only a
+            ``datasets.Dataset`` can be re-batched; other sources keep their own batches.
+        damp: dampening ``λ`` added to the Fisher's diagonal (absolute for CAP and WoodFisher, relative to the mean
+            diagonal for FastCAP), > 0.
+        num_recomputations: split the pruning into this many steps; sparsity is interpolated linearly from the
+            current level to ``sparsity`` and the Fisher is re-estimated from fresh gradients at every step.
+        loss: ``"labels"`` (cross-entropy of the classification head; needs labels), ``"features"`` (label-free:
+            gradients of ``⟨v, features⟩`` with random Gaussian ``v``, whose expected outer product is the
+            Gauss–Newton matrix of feature matching; for backbones such as ``Dinov2Model``), or a callable
+            ``loss_fn(model, batch) -> scalar tensor`` (saved as ``"custom"``).
+        mixed_precision: ``"no"`` or ``"bf16"``: autocast of the forward/backward passes that produce gradients
+            (the Fisher is always accumulated in ``fisher_dtype``).
+    """
+
+    sparsity: float = 0.5
+    mask_structure: str = "unstructured"
+    fisher_block_size: int = 192
+    num_grads: int = 1024
+    grad_batch_size: int | None = None
+    damp: float = 1e-8
+    num_recomputations: int = 1
+    loss: Union[str, Callable[..., Any]] = "labels"
+    mixed_precision: str = "no"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_fraction("sparsity", self.sparsity)
+        self.nm = check_mask_structure(self.mask_structure, self.sparsity)
+        if self.fisher_block_size < 1:
+            raise PruningConfigError(f"fisher_block_size must be ≥ 1 (weights per Fisher block, e.g. 192), got {self.fisher_block_size}.")
+        if self.num_grads < 1:
+            raise PruningConfigError(f"num_grads must be ≥ 1 (mini-batch gradients in the Fisher, e.g. 1024), got {self.num_grads}.")
+        if self.grad_batch_size is not None and self.grad_batch_size < 1:
+            raise PruningConfigError(f"grad_batch_size must be ≥ 1 or None, got {self.grad_batch_size}.")
+        if not (isinstance(self.damp, (int, float)) and self.damp > 0 and self.damp < float("inf")):
+            raise PruningConfigError(f"damp must be a finite number > 0 (the Fisher's dampening, e.g. 1e-8), got {self.damp}.")
+        if self.num_recomputations < 1:
+            raise PruningConfigError(f"num_recomputations must be ≥ 1, got {self.num_recomputations}.")
+        if not callable(self.loss):
+            self._check_choice("loss", self.loss, LOSSES + (CUSTOM_LOSS,))
+        self._check_choice("mixed_precision", self.mixed_precision, ("no", "bf16"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if callable(self.loss):
+            out["loss"] = CUSTOM_LOSS
+        return out
+
+
+@dataclass(kw_only=True)
+class BlockFisherConfig(GradientFisherConfig):
+    """Fields of the pruners with one Fisher block per ``B`` weights (CAP, WoodFisher).
+
+    Args:
+        sparsity_distribution: ``"global"`` (one threshold across all target layers, the paper's) or
+            ``"uniform"`` (every layer pruned to ``sparsity``).
+        fisher_dtype: ``"float32"`` (default) or ``"float64"``: dtype of the stored Fisher blocks and of the
+            elimination. Inverses, replays and OBS updates are always computed in float64.
+        fisher_device: where the Fisher blocks live and the elimination runs (``"cpu"``, ``"cuda:1"``...);
+            ``None``: the model's device.
+        blocks_in_parallel: blocks processed together by the inversion and the elimination (memory of the
+            elimination ≈ ``blocks_in_parallel·B²`` floats); ``-1``: chosen to use about 256 MiB (CPU) or 2 GiB (GPU).
+        max_fisher_memory_gb: if the Fisher blocks of all targets (``d·B`` floats) exceed this, the layers are
+            processed in groups that fit (layer streaming), each group with its own pass of gradients; with a
+            global distribution a second pass per group rebuilds the weights. ``None``: all layers at once.
+    """
+
+    sparsity_distribution: str = "global"
+    fisher_dtype: str = "float32"
+    fisher_device: str | None = None
+    blocks_in_parallel: int = -1
+    max_fisher_memory_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_choice("sparsity_distribution", self.sparsity_distribution, ("global", "uniform"))
+        self._check_choice("fisher_dtype", self.fisher_dtype, ("float32", "float64"))
+        if self.blocks_in_parallel == 0 or self.blocks_in_parallel < -1:
+            raise PruningConfigError(f"blocks_in_parallel must be ≥ 1, or -1 for automatic, got {self.blocks_in_parallel}.")
+        if self.max_fisher_memory_gb is not None and not self.max_fisher_memory_gb > 0:
+            raise PruningConfigError(f"max_fisher_memory_gb must be > 0 or None, got {self.max_fisher_memory_gb}.")
+
+
+@dataclass(kw_only=True)
+class CAPConfig(BlockFisherConfig):
+    """CAP (Correlation-Aware Pruning, Kuznedelev et al., NeurIPS 2023): block-diagonal empirical Fisher, exact
+    greedy OBS elimination of the weights one by one inside every block (re-scoring and updating the inverse
+    after each removal), and one global threshold on the blocks' cumulative losses.
+
+    Defaults follow the paper's ViT/DeiT recipe: ``fisher_block_size=192``, ``damp=1e-8``, one recomputation;
+    ``num_grads=1024`` (the recipe uses 4096).
+
+    Example:
+
+    ```python
+    >>> import hf_sparsify
+    >>> config = hf_sparsify.CAPConfig(sparsity=0.7, num_grads=256, grad_batch_size=64)
+    >>> pruned = hf_sparsify.prune(model, config, calibration_data=train_dataset, image_processor=processor)
+    >>> pruned.pruning_result.layers["vit.layers.0.mlp.fc1"]["fisher_block_size"]
+    192
+    ```
+    """
+
+
+@dataclass(kw_only=True)
+class WoodFisherConfig(BlockFisherConfig):
+    """WoodFisher: the same block Fisher as CAP, but saliencies ``w²/(2[F⁻¹]_jj)`` are computed once and all
+    selected weights are removed at once with the summed single-weight OBS update.
+
+    Example:
+
+    ```python
+    >>> config = hf_sparsify.WoodFisherConfig(sparsity=0.5, fisher_block_size=48, num_grads=256)
+    >>> pruned = hf_sparsify.prune(model, config, calibration_data=train_dataset)
+    ```
+    """
+
+
+@dataclass(kw_only=True)
+class FastCAPConfig(GradientFisherConfig):
+    """FastCAP, CAP's variant for large models: one shared ``B×B`` Fisher per layer, relative dampening, and a
+    SparseGPT-style column-sequential OBS update (the updated weights are kept, unlike the released code).
+
+    Args:
+        sparsity_distribution: only ``"uniform"`` (the reference hard-codes it): every layer reaches ``sparsity``.
+        damp: relative dampening, ``damp·mean(diag F)`` added to the diagonal (recipe: 1e-2).
+        columns_per_step: columns whose mask is chosen together (``None``: all ``B`` at once, the reference's
+            default); a multiple of M for N:M.
+
+    Defaults follow the one-shot recipe: ``fisher_block_size=192``, ``num_grads=256``, ``damp=1e-2``.
+
+    Example:
+
+    ```python
+    >>> config = hf_sparsify.FastCAPConfig(sparsity=0.5)
+    >>> pruned = hf_sparsify.prune(model, config, calibration_data=train_dataset)
+    ```
+    """
+
+    sparsity_distribution: str = "uniform"
+    num_grads: int = 256
+    damp: float = 1e-2
+    columns_per_step: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sparsity_distribution != "uniform":
+            raise PruningConfigError(
+                f"FastCAP prunes every layer to the same sparsity: sparsity_distribution must be 'uniform', got "
+                f"{self.sparsity_distribution!r}. Use CAPConfig for a global distribution."
+            )
+        if self.columns_per_step is not None and self.columns_per_step < 1:
+            raise PruningConfigError(f"columns_per_step must be ≥ 1 or None, got {self.columns_per_step}.")
+        if self.nm is not None and self.columns_per_step is not None and self.columns_per_step % self.nm[1]:
+            raise PruningConfigError(f"columns_per_step={self.columns_per_step} must be a multiple of M={self.nm[1]} for mask_structure={self.mask_structure!r}.")

@@ -1,0 +1,66 @@
+"""How many weights each Fisher block loses: one threshold on cumulative block loss (CAP), or the lowest
+saliencies (WoodFisher), across all target layers ("global", the paper's) or per layer ("uniform").
+
+CAP's score of step ``k`` of a block is the block's cumulative loss after ``k`` removals; it never decreases
+along the block's path, so taking the ``K`` lowest scores of all blocks (ties in order of layer, block, step)
+takes a prefix of every block's path: block ``b`` keeps its first ``k_b`` eliminations and ``Σ k_b = K`` exactly.
+The already-pruned weights score ``−∞`` (they stay pruned).
+
+```python
+>>> counts = select_counts([cumloss_a, cumloss_b], [forced_a, forced_b], num_remove=1000)
+>>> [c.sum() for c in counts]           # per layer; they add up to 1000
+```
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ...surgery import lowest_k_masks
+
+__all__ = ["forced_scores", "select_counts", "nm_remove_mask", "num_to_remove"]
+
+
+def num_to_remove(numel: int, sparsity: float, already: int) -> int:
+    """``round(sparsity · numel)``, never fewer than the weights already pruned."""
+    return max(int(round(sparsity * numel)), int(already))
+
+
+def forced_scores(cumloss: torch.Tensor, num_forced: torch.Tensor) -> torch.Tensor:
+    """``cumloss`` with the steps that removed already-pruned weights set to ``−∞``."""
+    steps = torch.arange(cumloss.shape[1], device=cumloss.device)
+    forced = steps[None, :] < num_forced.to(cumloss.device)[:, None]
+    return cumloss.masked_fill(forced, float("-inf"))
+
+
+def select_counts(cumlosses: Sequence[torch.Tensor], num_forced: Sequence[torch.Tensor], num_remove: int) -> list[torch.Tensor]:
+    """Per block, how many eliminations to keep so that exactly ``num_remove`` weights are removed in total,
+    choosing the lowest cumulative losses over all the given layers (one global threshold).
+
+    Args:
+        cumlosses: per layer ``(n, B)`` cumulative losses of the elimination steps.
+        num_forced: per layer ``(n,)`` already-pruned weights (their steps come first and are always kept).
+        num_remove: the total number of weights to remove (at least the number already pruned).
+    """
+    scores = [forced_scores(c, f) for c, f in zip(cumlosses, num_forced)]
+    masks = lowest_k_masks(scores, num_remove)
+    return [mask.logical_not().sum(1) for mask in masks]
+
+
+def nm_remove_mask(scores: torch.Tensor, m: int, quota: int, forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Remove the ``quota`` lowest scores of every group of ``m`` consecutive entries of ``scores`` (``(n, B)``),
+    and every ``forced`` entry. Returns a bool mask, ``True`` where removed."""
+    n, b = scores.shape
+    groups = scores.reshape(-1, m)
+    if forced is not None:
+        groups = groups.masked_fill(forced.reshape(-1, m), float("-inf"))
+    remove = torch.zeros_like(groups, dtype=torch.bool)
+    if quota:
+        idx = torch.topk(groups, quota, dim=1, largest=False, sorted=False).indices
+        remove.scatter_(1, idx, True)
+    remove = remove.reshape(n, b)
+    if forced is not None:
+        remove |= forced
+    return remove
