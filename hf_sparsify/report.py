@@ -165,7 +165,7 @@ def count_macs(model: nn.Module, attention_modules: list[str] | None = None) -> 
         def hook(module, inputs, output):
             nonlocal effective
             if isinstance(module, nn.Linear):
-                positions = output.numel() // module.out_features
+                positions = output.shape[:-1].numel()  # also right for a fully pruned layer (0 outputs)
             else:
                 positions = output.shape[-1] * output.shape[-2] * output.shape[0]
             weight = module.weight

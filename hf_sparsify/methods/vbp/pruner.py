@@ -121,7 +121,9 @@ class VBPPruner(Pruner):
             queries = _query_modules(adapter)
             macs = count_macs(model, queries)
             costs = [unit_macs(g, macs["per_module"]) for g in groups]
-            widths = self._plan(groups, moments, costs, macs["total"], result)
+            selected = {g.name for g in groups}
+            untouched = sum(g.num_units for g in adapter.structure_groups([MLP_NEURON, CONV_CHANNEL]) if g.name not in selected)
+            widths = self._plan(groups, moments, costs, macs["total"], result, untouched)
             keeps = [kept_units(moments[g.name].variance, w) for g, w in zip(groups, widths)]
 
         with result.timed("surgery"):
@@ -162,7 +164,7 @@ class VBPPruner(Pruner):
         return result
 
     # ------------------------------------------------------------------------------------------- planning
-    def _plan(self, groups, moments: dict[str, Moments], costs: list[float], total_macs: int, result: PruningResult) -> list[int]:
+    def _plan(self, groups, moments: dict[str, Moments], costs: list[float], total_macs: int, result: PruningResult, untouched: int = 0) -> list[int]:
         config: VBPConfig = self.config
         sizes = [g.num_units for g in groups]
         round_to, min_keep = config.round_to, config.min_neurons_per_layer
@@ -180,7 +182,7 @@ class VBPPruner(Pruner):
             scores = [normalize_scores(moments[g.name].variance, config.global_normalization) for g in groups]
             widths = plan_global(scores, unit_costs, target, round_to, min_keep)
 
-        if sum(widths) == 0:
+        if sum(widths) + untouched == 0:
             raise PruningConfigError(
                 f"This VBP configuration would delete every MLP neuron of the model ({budget} target {target:,.0f}); "
                 "lower pruning_ratio / target_macs_reduction or raise min_neurons_per_layer."
