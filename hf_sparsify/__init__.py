@@ -16,6 +16,7 @@ from .adapters import get_adapter, supported_model_types  # noqa: E402
 from .api import prune  # noqa: E402
 from .configuration import PruningConfig, PruningConfigError, available_methods, register_method  # noqa: E402
 from .data import CalibrationData, CalibrationDataError, load_image_dataset  # noqa: E402
+from .hub import HubPushError, ModelCardTemplateError, build_model_card, push_to_hub  # noqa: E402
 from .io import save_pretrained  # noqa: E402
 from .methods import CAPConfig, FastCAPConfig, MagnitudeConfig, Pruner, PruningError, PruningResult, VBPConfig, WoodFisherConfig  # noqa: E402
 from .modeling import AutoSparseModel, AutoSparseModelForImageClassification, SparseCheckpointError  # noqa: E402
@@ -30,7 +31,9 @@ __all__ = [
     "CalibrationDataError",
     "DistillationConfig",
     "FastCAPConfig",
+    "HubPushError",
     "MagnitudeConfig",
+    "ModelCardTemplateError",
     "Pruner",
     "PruningConfig",
     "PruningConfigError",
@@ -45,9 +48,11 @@ __all__ = [
     "WoodFisherConfig",
     "__version__",
     "available_methods",
+    "build_model_card",
     "get_adapter",
     "load_image_dataset",
     "prune",
+    "push_to_hub",
     "register_method",
     "save_pretrained",
     "sparsity_report",

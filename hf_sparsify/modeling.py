@@ -10,17 +10,23 @@ Structurally pruned checkpoints (per-layer MLP widths, heads, channels) record t
 the loader builds the model of the config, gives it the recorded shapes (see
 :mod:`hf_sparsify.surgery.shapes`), and lets transformers load the safetensors weights into it, strictly: a
 missing, unexpected or mis-shaped tensor is an error, never a silent re-initialisation.
+
+Compressed checkpoints (``save_pretrained(dir, compressed=True)``, see :mod:`hf_sparsify.io.compressed`) are
+decoded and loaded the same way, strictly. Loading reads safetensors only (nothing is unpickled) and never needs
+``trust_remote_code``; a truncated or damaged weights file raises :class:`SparseCheckpointError`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .io.save import attach_pruning_state
+from .io.save import SUMMARY_NAME, attach_pruning_state
 from .surgery.shapes import METADATA_KEY, apply_shapes, dense_config, is_structured
 
 __all__ = ["AutoSparseModel", "AutoSparseModelForImageClassification", "SparseCheckpointError"]
@@ -32,22 +38,70 @@ class SparseCheckpointError(RuntimeError):
     """A pruned checkpoint does not match its recorded shapes (missing, unexpected or mis-shaped tensors)."""
 
 
-def _load_pruning_config(path: str | os.PathLike, hub_kwargs: dict[str, Any]):
-    from .configuration import CONFIG_NAME, PruningConfig
-
-    local = os.path.join(str(path), CONFIG_NAME)
+def _optional_file(path: str | os.PathLike, filename: str, hub_kwargs: dict[str, Any]) -> str | None:
+    """A file of a local folder or a Hub repo, or ``None`` when it is absent."""
+    local = os.path.join(str(path), hub_kwargs.get("subfolder") or "", filename)
     if os.path.isfile(local):
-        return PruningConfig.from_pretrained(local)
+        return local
     if os.path.isdir(str(path)):
         return None
     try:
         from huggingface_hub import hf_hub_download
 
         allowed = {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")}
-        file = hf_hub_download(str(path), CONFIG_NAME, **allowed)
-    except Exception:  # noqa: BLE001 - a pruned checkpoint without pruning_config.json still loads
+        return hf_hub_download(str(path), filename, **allowed)
+    except Exception:  # noqa: BLE001 - an optional file
         return None
-    return PruningConfig.from_pretrained(file)
+
+
+def _load_pruning_config(path: str | os.PathLike, hub_kwargs: dict[str, Any]):
+    from .configuration import CONFIG_NAME, PruningConfig
+
+    file = _optional_file(path, CONFIG_NAME, hub_kwargs)
+    return PruningConfig.from_pretrained(file) if file else None
+
+
+def _restore_card_state(model, path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> None:
+    """Give a reloaded model the evaluation results and card metadata its summary recorded, so that saving it
+    again keeps them in the card."""
+    import json
+
+    file = _optional_file(path, SUMMARY_NAME, hub_kwargs)
+    if not file:
+        return
+    try:
+        with open(file, encoding="utf-8") as handle:
+            card = dict(json.load(handle).get("card") or {})
+    except (OSError, ValueError, AttributeError):
+        return
+    for key, attribute in (("metrics", "pruning_metrics"), ("speedups", "pruning_speedups"), ("training", "pruning_training")):
+        if card.get(key):
+            setattr(model, attribute, card.pop(key))
+    if card:
+        model.pruning_card = card
+
+
+def _read_compressed(path: str | os.PathLike, compression: dict[str, Any], hub_kwargs: dict[str, Any]) -> dict:
+    from transformers.utils import cached_file
+
+    from .io.compressed import FORMAT, load_compressed
+
+    if compression.get("format") != FORMAT:
+        raise SparseCheckpointError(f"{path} uses compressed format {compression.get('format')!r}; this hf_sparsify reads {FORMAT!r}. Upgrade hf_sparsify.")
+    allowed = {k: v for k, v in hub_kwargs.items() if k != "proxies"}
+    file = cached_file(str(path), compression.get("file") or "model.compressed.safetensors", **allowed)
+    return load_compressed(file)
+
+
+def _strict(model_and_info, source) -> Any:
+    model, info = model_and_info
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise SparseCheckpointError(
+            f"{source} does not match its recorded pruned shapes: {problems}. "
+            "The weights file and config.json come from different models, or the file is damaged."
+        )
+    return model
 
 
 class _AutoSparseBase:
@@ -84,28 +138,47 @@ class _AutoSparseBase:
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         meta = dict(getattr(config, METADATA_KEY, None) or {})
         model_class = cls._model_class(config)
+        try:
+            model = cls._load(model_class, config, meta, pretrained_model_name_or_path, model_args, kwargs, hub_kwargs)
+        except SafetensorError as err:
+            raise SparseCheckpointError(
+                f"a weights file of {pretrained_model_name_or_path} is truncated or damaged ({err}). "
+                "Download it again (force_download=True) or save the model again."
+            ) from None
+        if meta:
+            attach_pruning_state(model, config=_load_pruning_config(pretrained_model_name_or_path, hub_kwargs))
+            model.pruning_structured = bool(meta.get("structured"))
+            _restore_card_state(model, pretrained_model_name_or_path, hub_kwargs)
+        return model
+
+    @classmethod
+    def _load(cls, model_class, config, meta, source, model_args, kwargs, hub_kwargs):
+        compression = meta.get("compression")
+        if compression:
+            # Decode the compact file into the state dict transformers wrote, then load it as transformers would.
+            state_dict = _read_compressed(source, compression, hub_kwargs)
+            load_kwargs = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
+            config = copy.deepcopy(config)
+            config._name_or_path = str(source)
+            getattr(config, METADATA_KEY).pop("compression", None)
+            target, extra = None, {"state_dict": state_dict}
+        else:
+            target, extra, load_kwargs = source, {}, kwargs
         if is_structured(config):
             base_config = dense_config(config)
-            setattr(base_config, METADATA_KEY, meta)
+            setattr(base_config, METADATA_KEY, dict(getattr(config, METADATA_KEY)))
 
             def __init__(self, cfg, *args, **kw):
                 model_class.__init__(self, cfg, *args, **kw)
                 apply_shapes(self, meta)
 
             shaped = type(model_class.__name__, (model_class,), {"__init__": __init__, "__module__": model_class.__module__})
-            model, info = shaped.from_pretrained(pretrained_model_name_or_path, *model_args, config=base_config, output_loading_info=True, **kwargs)
+            model = _strict(shaped.from_pretrained(target, *model_args, config=base_config, output_loading_info=True, **extra, **load_kwargs), source)
             model.__class__ = model_class
-            problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-            if problems:
-                raise SparseCheckpointError(
-                    f"{pretrained_model_name_or_path} does not match its recorded pruned shapes: {problems}. "
-                    "The weights file and config.json come from different models, or the file is damaged."
-                )
+        elif compression:
+            model = _strict(model_class.from_pretrained(None, *model_args, config=config, output_loading_info=True, **extra, **load_kwargs), source)
         else:
-            model = model_class.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-        if meta:
-            attach_pruning_state(model, config=_load_pruning_config(pretrained_model_name_or_path, hub_kwargs))
-            model.pruning_structured = bool(meta.get("structured"))
+            model = model_class.from_pretrained(source, *model_args, config=config, **kwargs)
         return model
 
 

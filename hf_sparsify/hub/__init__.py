@@ -1,0 +1,29 @@
+"""Publishing: model cards (:mod:`.card`) and uploads to the Hugging Face Hub (:mod:`.push`)."""
+
+from .card import (
+    CARD_NAME,
+    CHART_NAME,
+    GENERATED_MARKER,
+    ModelCardTemplateError,
+    build_model_card,
+    is_generated_card,
+    render_sparsity_chart,
+    write_model_card,
+)
+from .citations import get_citation, register_citation
+from .push import HubPushError, push_to_hub
+
+__all__ = [
+    "CARD_NAME",
+    "CHART_NAME",
+    "GENERATED_MARKER",
+    "HubPushError",
+    "ModelCardTemplateError",
+    "build_model_card",
+    "get_citation",
+    "is_generated_card",
+    "push_to_hub",
+    "register_citation",
+    "render_sparsity_chart",
+    "write_model_card",
+]
