@@ -56,6 +56,7 @@ class MaskState:
         self.model = model
         self.masks: dict[str, torch.Tensor] = {}
         self._hooks: list = []
+        self._hooks_enabled = False
         for name, mask in masks.items():
             weight = self._weight(name)
             if tuple(mask.shape) != tuple(weight.shape):
@@ -112,8 +113,10 @@ class MaskState:
         return hook
 
     def attach_gradient_hooks(self) -> None:
-        """Zero the gradients of pruned entries as they are computed (idempotent)."""
+        """Zero the gradients of pruned entries as they are computed (idempotent; layers masked later by
+        :meth:`update_from_weights` get their hook then)."""
         self.detach_gradient_hooks()
+        self._hooks_enabled = True
         for name in self.masks:
             self._hooks.append(self._weight(name).register_hook(self._gradient_hook(name)))
 
@@ -121,6 +124,7 @@ class MaskState:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        self._hooks_enabled = False
 
     @torch.no_grad()
     def update_from_weights(self, layer_names: Iterable[str]) -> None:
@@ -133,7 +137,7 @@ class MaskState:
                 mask &= self.masks[name].to(mask.device)
             self.masks[name] = mask
         self.apply()
-        if self._hooks:
+        if self._hooks_enabled:
             self.attach_gradient_hooks()
 
     # ------------------------------------------------------------------------------------------ measuring

@@ -537,6 +537,30 @@ class SparseTrainer(Trainer):
         with open(os.path.join(folder, SPARSE_STATE_NAME), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=2)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Load the checkpoint's weights through ``from_pretrained``, which converts transformers' saved key names.
+
+        transformers 5.x saves ViT/DeiT/DINOv2 weights under their 4.x names (``vit.encoder.layer.N...``) while
+        ``Trainer._load_from_checkpoint`` calls a non-strict ``load_state_dict``: the encoder weights would silently
+        keep their pre-resume values. Here they load strictly, converted, and structured shapes are honoured.
+        """
+        from transformers import PreTrainedModel
+
+        from ..modeling import AutoSparseModelForImageClassification
+        from ..surgery.shapes import is_structured
+
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        config_file = os.path.join(resume_from_checkpoint, "config.json")
+        if not isinstance(target, PreTrainedModel) or not os.path.isfile(config_file):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        config = type(target.config).from_pretrained(resume_from_checkpoint)
+        if is_structured(config):
+            loaded = AutoSparseModelForImageClassification.from_pretrained(resume_from_checkpoint)
+        else:
+            loaded = type(target).from_pretrained(resume_from_checkpoint, config=config)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+        logger.info(f"SparseTrainer: loaded the weights of {resume_from_checkpoint} (strict, converted key names).")
+
     @staticmethod
     def _read_state(folder: str) -> dict[str, Any] | None:
         path = os.path.join(folder, SPARSE_STATE_NAME)
