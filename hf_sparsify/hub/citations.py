@@ -95,6 +95,10 @@ _CITATIONS: dict[str, MethodCitation] = {
 }
 
 
+# FastCAP is CAP's variant for large models, released with CAP's code: it cites the CAP paper.
+_CITATIONS["fastcap"] = MethodCitation("FastCAP (CAP's variant for large models)", _CITATIONS["cap"].bibtex)
+
+
 def register_citation(method: str, title: str, bibtex: str) -> None:
     """Give a method's display name and BibTeX to the model cards of models it pruned."""
     _CITATIONS[method] = MethodCitation(title, bibtex.strip())
