@@ -68,9 +68,9 @@ KNOWN_PIPELINE_TAGS = {
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, extra: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.extra = status, message, code, extra or {}
 
 
 def _git_blob_oid(data: bytes) -> str:
@@ -278,7 +278,7 @@ class LocalHub:
             raise HubError(400, f"Invalid repo name: {repo_id}")
         with self._lock:
             if repo_id in self.repos:
-                raise HubError(409, "You already created this model repo", "RepoExists")
+                raise HubError(409, "You already created this model repo", "RepoExists", {"url": f"{self.url}/{repo_id}"})
             repo = Repo(repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
             attributes = b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n'
             files = {".gitattributes": attributes}
@@ -399,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"X-Error-Message": err.message}
         if err.code:
             headers["X-Error-Code"] = err.code
-        self._send(err.status, {"error": err.message}, headers=headers, head=head)
+        self._send(err.status, {"error": err.message, **err.extra}, headers=headers, head=head)
 
     def _dispatch(self, method: str):
         parts = urlsplit(self.path)

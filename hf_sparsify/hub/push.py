@@ -8,9 +8,9 @@
 >>> hf_sparsify.push_to_hub("vit-magnitude-50", "me/vit-magnitude-50")            # a folder save_pretrained wrote
 ```
 
-The model is saved into a temporary folder (weights, ``config.json``, ``pruning_config.json``,
-``sparsity_summary.json``, ``README.md``, ``sparsity_chart.png``, and the image processor when given), then
-``HfApi.create_repo`` and one ``HfApi.create_commit`` upload it: the Hub applies a commit entirely or not at all.
+The repo is created (``HfApi.create_repo``, a no-op when it exists), the model is saved into a temporary folder
+(weights, ``config.json``, ``pruning_config.json``, ``sparsity_summary.json``, ``README.md``,
+``sparsity_chart.png``, and the image processor when given), and one ``HfApi.create_commit`` uploads it: the Hub applies a commit entirely or not at all.
 A folder is uploaded as it is (hidden files excepted); its card is regenerated with the repo id in the snippet
 when hf_sparsify generated it, and never written back into the folder. Nothing local is modified by a push,
 failed or not.
@@ -80,7 +80,7 @@ def _explain(err: Exception, endpoint: str, repo_id: str) -> HubPushError:
         hint = "the model card's metadata was rejected"
     else:
         hint = type(err).__name__
-    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:600]
     return HubPushError(
         f"upload of {repo_id} to {endpoint} failed ({hint}: {message}). The commit was not made and no local file "
         "was changed; fix the cause and push again."
@@ -133,12 +133,17 @@ def push_to_hub(
     token = _resolve_token(token)
     api = HfApi(endpoint=endpoint, token=token)
     endpoint_url = api.endpoint or constants.ENDPOINT
+    if isinstance(model, (str, os.PathLike)) and not Path(model).is_dir():
+        raise NotADirectoryError(f"{model} is not a folder: give a pruned model or the folder save_pretrained wrote.")
+    try:
+        # First, so that a refused token fails fast and the card names the full repo id ("me/name").
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
+    except Exception as err:  # noqa: BLE001
+        raise _explain(err, endpoint_url, repo_id) from err
     with tempfile.TemporaryDirectory(prefix="hf_sparsify_push_") as tmp:
         staging = Path(tmp)
         if isinstance(model, (str, os.PathLike)):
             folder = Path(model)
-            if not folder.is_dir():
-                raise NotADirectoryError(f"{folder} is not a folder: give a pruned model or the folder save_pretrained wrote.")
             overrides: dict[str, Path] = {}
             readme = folder / CARD_NAME
             if card and (not readme.exists() or is_generated_card(readme)):
@@ -165,9 +170,8 @@ def push_to_hub(
             method = getattr(getattr(model, "pruning_config", None), "method", None)
         message = commit_message or (f"Upload model pruned with hf_sparsify ({method})" if method else "Upload model pruned with hf_sparsify")
         try:
-            repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             info = api.create_commit(
-                repo_id=repo_url.repo_id,
+                repo_id=repo_id,
                 operations=operations,
                 commit_message=message,
                 commit_description=commit_description,
