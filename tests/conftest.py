@@ -144,3 +144,38 @@ def demo_evaluation():
 def tiny_factory():
     """``make_tiny_model(family, backbone=False, num_labels=5, seed=0, **config_overrides)``."""
     return make_tiny_model
+
+
+# A test-only method that needs labelled calibration data: it records the mean loss it saw.
+from dataclasses import dataclass  # noqa: E402
+
+from hf_sparsify import Pruner, PruningConfig, PruningResult  # noqa: E402
+
+
+@dataclass(kw_only=True)
+class LossConfig(PruningConfig):
+    sparsity: float = 0.5
+
+
+class LossPruner(Pruner):
+    """A test method that needs labelled calibration data: it records the mean loss it saw."""
+
+    config_class = LossConfig
+    needs_calibration_data = True
+
+    def needs_labels(self):
+        return True
+
+    def prune(self, model, adapter, calibration, *, device, disable_tqdm=False):
+        losses = [model(**batch).loss.item() for batch in calibration]
+        return PruningResult(method="test-loss", info={"batches": len(losses), "mean_loss": sum(losses) / len(losses)})
+
+
+@pytest.fixture
+def loss_method():
+    """Register the "test-loss" method for one test and remove it afterwards (the registry stays clean)."""
+    from hf_sparsify import configuration
+
+    configuration.register_method("test-loss", LossConfig, LossPruner)
+    yield "test-loss"
+    configuration._METHODS.pop("test-loss", None)

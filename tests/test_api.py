@@ -1,36 +1,21 @@
 """prune(): inputs, calibration handling and the errors users meet."""
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
 import hf_sparsify
-from hf_sparsify import CalibrationDataError, MagnitudeConfig, Pruner, PruningConfig, PruningResult, register_method
+from hf_sparsify import CalibrationDataError, MagnitudeConfig
 from hf_sparsify.adapters import UnsupportedModelError
-from tests.conftest import make_tiny_model, tiny_batches
+from tests.conftest import LossConfig, make_tiny_model, tiny_batches
 
 
-@dataclass(kw_only=True)
-class _LossConfig(PruningConfig):
-    sparsity: float = 0.5
+@pytest.fixture(autouse=True)
+def _loss_method(loss_method):
+    """Every test here may use the test-only "test-loss" method (registered for the test, then removed)."""
+    yield
 
 
-class _LossPruner(Pruner):
-    """A test method that needs labelled calibration data: it records the mean loss it saw."""
-
-    config_class = _LossConfig
-    needs_calibration_data = True
-
-    def needs_labels(self):
-        return True
-
-    def prune(self, model, adapter, calibration, *, device, disable_tqdm=False):
-        losses = [model(**batch).loss.item() for batch in calibration]
-        return PruningResult(method="test-loss", info={"batches": len(losses), "mean_loss": sum(losses) / len(losses)})
-
-
-register_method("test-loss", _LossConfig, _LossPruner)
+_LossConfig = LossConfig
 
 
 def test_prune_accepts_config_dicts_and_files(tmp_path):

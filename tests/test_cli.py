@@ -106,10 +106,9 @@ def test_demo_runs_and_can_be_rerun(tmp_path):
     assert again.returncode == 0, again.stderr
 
 
-def test_wrong_method_config_is_refused_in_process(tmp_path, capsys):
+def test_wrong_method_config_is_refused_in_process(tmp_path, capsys, loss_method):
     from hf_sparsify import MagnitudeConfig
     from hf_sparsify.cli import main
-    from tests.test_api import _LossConfig  # noqa: F401 - registers the "test-loss" method
 
     MagnitudeConfig(sparsity=0.5).save_pretrained(tmp_path / "cfg")
     code = main(["prune", str(DEMO_MODEL_DIR), "--method", "test-loss", "--config", str(tmp_path / "cfg"), "--output", str(tmp_path / "o")])
