@@ -2,6 +2,8 @@
 
 ```
 hf-sparsify prune MODEL --method METHOD --sparsity S [--config FILE] [--calibration DATA] --output DIR [--overwrite]
+                  [--compressed] [--push-to-hub REPO [--private]]
+hf-sparsify card DIR [--repo-id REPO] [--metrics FILE] [--template FILE] [--force]
 hf-sparsify evaluate MODEL --data DATA [--split test] [--limit N] [--batch-size B]
 hf-sparsify report MODEL [--json]
 hf-sparsify demo [--method M] [--sparsity S] [--output DIR]
@@ -74,10 +76,11 @@ def write_output(path: Path, save) -> None:
     """Write into a fresh sibling folder, then swap it in: a failure never leaves a half-written or emptied output."""
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+    # The staging folder has the output's own name (inside a hidden temporary folder): what save() writes that
+    # names the folder (the model card's snippet) names the final output.
+    root = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = root / path.name
+    staging.mkdir()
     try:
         save(staging)
         if path.exists():
@@ -88,9 +91,8 @@ def write_output(path: Path, save) -> None:
             shutil.rmtree(backup, ignore_errors=True)
         else:
             staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _build_config(args) -> Any:
@@ -136,6 +138,11 @@ def cmd_prune(args) -> int:
 
     output = Path(args.output)
     check_output_dir(output, args.overwrite)
+    if args.push_to_hub:
+        from huggingface_hub import get_token
+
+        if not get_token():
+            raise CLIError("--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN (checked before pruning).")
     config = _build_config(args)
     model = _load_model(args.model)
     entry = hf_sparsify.configuration.get_method(config.method)
@@ -150,13 +157,38 @@ def cmd_prune(args) -> int:
     pruned = hf_sparsify.prune(model, config, calibration, image_processor=processor, inplace=True, device=args.device, disable_tqdm=args.disable_tqdm)
 
     def save(directory: Path) -> None:
-        pruned.save_pretrained(directory)
-        if processor is not None:
+        if processor is not None:  # first, so that the model card's snippet loads it
             processor.save_pretrained(directory)
+        pruned.save_pretrained(directory, compressed=args.compressed)
 
     write_output(output, save)
     report = hf_sparsify.sparsity_report(pruned, compute_macs=False)
-    print(json.dumps({"output": str(output), "method": config.method, "sparsity": round(report.sparsity, 6), "params": report.total_params}))
+    line = {"output": str(output), "method": config.method, "sparsity": round(report.sparsity, 6), "params": report.total_params}
+    if args.push_to_hub:
+        line["commit_url"] = str(hf_sparsify.push_to_hub(output, args.push_to_hub, private=args.private or None))
+    print(json.dumps(line))
+    return 0
+
+
+def cmd_card(args) -> int:
+    from .hub.card import CARD_NAME, ModelCardTemplateError, normalize_metrics, record_card_data, write_model_card
+
+    directory = Path(args.directory)
+    try:
+        if args.metrics:
+            try:
+                metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as err:
+                raise CLIError(f"--metrics {args.metrics}: cannot read a JSON file ({err}).") from None
+            record_card_data(directory, metrics=normalize_metrics(metrics))
+        path = write_model_card(directory, repo_id=args.repo_id, template=args.template, force=args.force)
+    except ModelCardTemplateError as err:
+        raise CLIError(str(err)) from None
+    except ValueError as err:
+        raise CLIError(f"--metrics {args.metrics}: {err}") from None
+    if path is None:
+        raise CLIError(f"{directory / CARD_NAME} was not written by hf_sparsify and was kept; pass --force to replace it.")
+    print(path)
     return 0
 
 
@@ -195,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods = available_methods()
     parser = argparse.ArgumentParser(prog="hf-sparsify", description="Prune, evaluate and report Hugging Face vision models.")
     parser.add_argument("--verbose", action="store_true", help="show transformers' warnings and info messages")
-    sub = parser.add_subparsers(dest="command", metavar="{prune,evaluate,report,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{prune,evaluate,report,card,demo}")
     sub.required = True
 
     def common(p):
@@ -215,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the random choices (default: the config's, 0)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an output folder that already holds files")
+    p.add_argument("--compressed", action="store_true", help="save the compact sparse format (model.compressed.safetensors)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also upload the output to this Hub repo, in one commit (needs a token)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     common(p)
     p.set_defaults(func=cmd_prune)
 
@@ -232,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("card", help="(re)write the model card (README.md + chart) of a pruned model folder")
+    p.add_argument("directory", help="a folder written by save_pretrained / hf-sparsify prune")
+    p.add_argument("--repo-id", help="the Hub id the card's snippet loads (default: the folder name)")
+    p.add_argument("--metrics", help='a JSON file of evaluation results: {"dataset": .., "before": {"accuracy": ..}, "after": {..}}')
+    p.add_argument("--template", help="a Jinja2 card template (default: the bundled one)")
+    p.add_argument("--force", action="store_true", help="replace a README.md that hf_sparsify did not write")
+    p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("demo", help="prune the bundled tiny ViT on bundled CIFAR-10 data, evaluate before/after")
     p.add_argument("--method", default=None, choices=methods, help="pruning method (default: the best available)")
@@ -257,10 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .adapters import UnsupportedModelError
     from .configuration import PruningConfigError
     from .data import CalibrationDataError
+    from .hub import HubPushError
 
     try:
         return args.func(args)
-    except (CLIError, PruningConfigError, CalibrationDataError, UnsupportedModelError, FileNotFoundError, NotADirectoryError) as err:
+    except (CLIError, PruningConfigError, CalibrationDataError, UnsupportedModelError, HubPushError, FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -59,6 +59,7 @@ __all__ = [
     "is_generated_card",
     "normalize_metrics",
     "normalize_speedups",
+    "record_card_data",
     "render_sparsity_chart",
 ]
 
@@ -657,6 +658,24 @@ def _card_from_inputs(inputs: CardInputs, *, repo_id=None, template=None, chart=
             inputs.card[key] = value
     context = card_context(inputs, repo_id=repo_id, chart=chart)
     return ModelCard(_with_marker(_render(template, context)))
+
+
+def record_card_data(directory: str | os.PathLike, **fields) -> None:
+    """Store card data (``metrics``, ``speedups``, ``metadata``, ``training``) in a saved folder's
+    ``sparsity_summary.json``, so that every later card of the folder shows it."""
+    from ..io.save import SUMMARY_NAME
+
+    unknown = set(fields) - {"metrics", "speedups", "metadata", "training"}
+    if unknown:
+        raise ValueError(f"unknown card data {sorted(unknown)}")
+    path = Path(directory) / SUMMARY_NAME
+    summary = inputs_from_folder(directory).summary
+    card = dict(summary.get("card") or {})
+    card.update({k: v for k, v in fields.items() if v is not None})
+    summary["card"] = card
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def is_generated_card(path: str | os.PathLike) -> bool:
