@@ -60,6 +60,11 @@ class DistillationConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """A one-line human description (used in model cards)."""
+        term = f"KL at T={self.temperature:g}" if self.distillation_type == "soft" else "cross-entropy with the teacher's argmax"
+        return f"{term} (weight {self.distillation_weight:g}) + labels (weight {self.hard_label_weight:g})"
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, kind: str = "soft") -> torch.Tensor:
     """The teacher term: ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` averaged over the batch (``"soft"``), or the

@@ -261,6 +261,21 @@ class PruningSchedule:
             out.append((step, s))
         return out
 
+    def describe(self) -> str:
+        """A one-line human description (used in model cards)."""
+        unit = "epoch" if self.unit == "epochs" else "step"
+        if self.ramp == "constant":
+            text = f"one-shot at {unit} {self.start:g}"
+        elif self.ramp == "segments":
+            knots = ", ".join(f"{s:.0%} at {t:g}" for t, s in self.segments)
+            text = f"segments ({knots}), linear inside each" + (f", a step every {self.every:g} {unit}s" if self.every else "")
+        else:
+            final = f"{self.final_sparsity:.0%}" if self.final_sparsity is not None else "the config's sparsity"
+            text = f"{self.ramp} {self.initial_sparsity:.0%} → {final} over {unit}s {self.start:g}–{self.end:g}, every {self.every:g}"
+        if self.cyclic_lr:
+            text += f"; cyclic linear LR restarting at each pruning step (down to {self.min_learning_rate:g})"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if data["segments"] is not None:

@@ -67,6 +67,12 @@ _STATE_FORMAT = 1
 _DEFAULT_CALIBRATION_SAMPLES = 512
 
 
+def _as_list(value) -> list | None:
+    if isinstance(value, str):
+        return [value]
+    return list(value) if value else None
+
+
 class _Calibration:
     """Re-iterable calibration batches for one pruning step, with a progress bar."""
 
@@ -380,16 +386,31 @@ class SparseTrainer(Trainer):
     def _on_train_end(self) -> None:
         if self.masks is not None:
             self.masks.detach_gradient_hooks()
-        meta = get_metadata(self.model.config) if getattr(self.model, "config", None) is not None else None
-        if meta is not None and (self.pruning_config is not None or meta):
-            meta["recovery"] = {
-                "trainer": "SparseTrainer",
-                "global_step": self.state.global_step,
-                "epochs": round(float(self.state.epoch or 0.0), 4),
-                "pruning_steps": [{"step": r["step"], "sparsity": r.get("sparsity")} for r in self.pruning_history],
-                "schedule": self.schedule.to_dict() if self.schedule is not None else None,
-                "distillation": self.distillation.to_dict() if self.distillation is not None else None,
-            }
+        if getattr(self.model, "config", None) is None:
+            return
+        record = self._training_record()
+        get_metadata(self.model.config)["recovery"] = record
+        # shown by the model card that save_model() / push_to_hub() write (hf_sparsify.hub.card)
+        card = {"trainer": "SparseTrainer", "optimizer steps": record["global_step"], "epochs": record["epochs"]}
+        if self.pruning_history:
+            card["pruning steps"] = ", ".join(
+                f"step {r['step']}" + (f" → {r['sparsity']:.1%}" if isinstance(r.get("sparsity"), float) else "") for r in self.pruning_history
+            )
+        if self.schedule is not None:
+            card["schedule"] = self.schedule.describe()
+        if self.distillation is not None:
+            card["distillation from the dense model"] = self.distillation.describe()
+        self.model.pruning_training = card
+
+    def _training_record(self) -> dict[str, Any]:
+        return {
+            "trainer": "SparseTrainer",
+            "global_step": self.state.global_step,
+            "epochs": round(float(self.state.epoch or 0.0), 4),
+            "pruning_steps": [{"step": r["step"], "sparsity": r.get("sparsity")} for r in self.pruning_history],
+            "schedule": self.schedule.to_dict() if self.schedule is not None else None,
+            "distillation": self.distillation.to_dict() if self.distillation is not None else None,
+        }
 
     def _maybe_prune(self) -> None:
         if not self._points:
@@ -598,15 +619,30 @@ class SparseTrainer(Trainer):
             attach_pruning_state(model)  # route through hf_sparsify's save (summary, shapes, pruning_config.json)
         super().save_model(output_dir, _internal_call=_internal_call)
 
-    def create_model_card(self, *args, **kwargs) -> None:
-        """Transformers' training card, merged with hf_sparsify's pruning card when ``hf_sparsify.hub`` provides one."""
-        super().create_model_card(*args, **kwargs)
-        if not self.is_world_process_zero():
-            return
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None, tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> None:
+        """One model card: hf_sparsify's pruned-model card (sparsity, loader snippet, chart) with transformers'
+        training card data merged in (hyperparameters, evaluation results, tags, datasets). Falls back to
+        transformers' card when ``hf_sparsify.hub`` is unavailable."""
+        kwargs = dict(language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args)
         try:
-            from ..hub import card as hub_card
+            from ..hub.card import write_model_card
         except ImportError:
-            return
-        merge = getattr(hub_card, "merge_trainer_card", None)
-        if merge is not None:
-            merge(os.path.join(self.args.output_dir, "README.md"), self.model, trainer=self)
+            return super().create_model_card(**kwargs)
+        if not self.is_world_process_zero():
+            return None
+        from transformers.modelcard import TrainingSummary
+
+        training = dict(getattr(self.model, "pruning_training", None) or self._training_record())
+        try:
+            summary = TrainingSummary.from_trainer(self, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the card is documentation; never fail a push on it
+            logger.warning(f"SparseTrainer: transformers' training summary is unavailable ({err}); the card omits it.")
+            summary = None
+        if summary is not None:
+            training.update({k: v for k, v in (summary.hyperparameters or {}).items() if v is not None})
+            if summary.eval_results:
+                training["eval_results"] = summary.eval_results
+        metadata = {"tags": _as_list(tags), "datasets": _as_list(dataset_tags), "license": license, "language": language, "model_name": model_name}
+        metadata = {k: v for k, v in metadata.items() if v}
+        write_model_card(self.args.output_dir, self.model, repo_id=self.hub_model_id, training=training, metadata=metadata or None)
+        return None
