@@ -1,0 +1,45 @@
+"""``hf-sparsify prune --method cap|woodfisher|fastcap`` on the bundled tiny ViT and CIFAR-10 sample."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hf_sparsify.assets import DEMO_DATA_DIR, DEMO_MODEL_DIR
+
+
+def run(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "hf_sparsify.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("method, sparsity", [("cap", 0.6), ("woodfisher", 0.6), ("fastcap", 0.5)])
+def test_prune_with_a_config_file(tmp_path, method, sparsity):
+    config = tmp_path / "pruning_config.json"
+    config.write_text(json.dumps({"method": method, "fisher_block_size": 48, "num_grads": 6, "grad_batch_size": 16}))
+    out = tmp_path / "pruned"
+    result = run(
+        "prune", DEMO_MODEL_DIR, "--method", method, "--sparsity", sparsity, "--config", config,
+        "--calibration", DEMO_DATA_DIR / "calibration.parquet", "--output", out, "--disable-tqdm",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["method"] == method
+    saved = json.loads((out / "pruning_config.json").read_text())
+    assert saved["method"] == method and saved["sparsity"] == sparsity and saved["num_grads"] == 6
+    summary = json.loads((out / "sparsity_summary.json").read_text())
+    assert summary["pruning"]["info"]["num_grads"] == 6
+    assert {v["fisher_block_size"] for v in summary["pruning"]["layers"].values()} == {48}
+    report = json.loads(run("report", out, "--json").stdout)
+    # the targets (attention and MLP weights) are 110,592 of the model's weights
+    assert report["global"]["sparsity"] > 0.4 * sparsity
+
+
+def test_bad_block_size_is_a_one_line_error(tmp_path):
+    config = tmp_path / "cap.json"
+    config.write_text(json.dumps({"method": "cap", "fisher_block_size": 100000, "num_grads": 1}))
+    result = run("prune", DEMO_MODEL_DIR, "--config", config, "--sparsity", "0.5", "--calibration", DEMO_DATA_DIR / "calibration.parquet", "--output", tmp_path / "out", "--disable-tqdm")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: fisher_block_size=100000 is larger than layer vit.layers.0.attention.q_proj")
