@@ -67,8 +67,8 @@ def run_demo(method: str | None = None, sparsity: float | None = None, output: P
     pruned.pruning_metrics = {"before": before, "after": after, "dataset": "CIFAR-10 (bundled 2,000-image test sample)"}
 
     def save(directory: Path) -> None:
+        processor.save_pretrained(directory)  # first: the model card written by save_pretrained then shows how to load it
         pruned.save_pretrained(directory)
-        processor.save_pretrained(directory)
         (directory / DEMO_MARKER).write_text("written by hf-sparsify demo; the demo may replace this folder\n")
 
     write_output(output, save)

@@ -38,6 +38,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..surgery.masks import _from_groups, nm_groups_view
@@ -67,19 +68,14 @@ def _error(message: str) -> Exception:
 # --------------------------------------------------------------------------------------------- bit packing
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """Pack a bool tensor (flattened) into uint8, 8 elements per byte, least significant bit first."""
-    flat = mask.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+    flat = mask.detach().reshape(-1).cpu().numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder="little"))
 
 
 def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
     """The inverse of :func:`pack_bits`: a flat bool tensor of ``numel`` elements."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = (packed.reshape(-1, 1) >> shifts) & 1
-    return bits.reshape(-1)[:numel].bool()
+    bits = np.unpackbits(packed.detach().reshape(-1).cpu().numpy(), count=numel, bitorder="little")
+    return torch.from_numpy(bits).view(torch.bool)
 
 
 def pack_indices(indices: torch.Tensor, bits: int) -> torch.Tensor:
@@ -112,9 +108,21 @@ def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same dtype, shape and values (NaN matches NaN; -0.0 matches 0.0, as in ``torch.equal``)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    if a.is_floating_point():
-        return bool(((a == b) | (a.isnan() & b.isnan())).all())
-    return torch.equal(a, b)
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+_INT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's elements as same-width integers in numpy (numpy has no bfloat16), flattened, no copy."""
+    return tensor.detach().contiguous().reshape(-1).view(_INT_VIEWS[tensor.element_size()]).numpy()
+
+
+def _from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(array).view(dtype)
 
 
 def _nonzero_mask(tensor: torch.Tensor) -> torch.Tensor:
@@ -124,25 +132,26 @@ def _nonzero_mask(tensor: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- one tensor
-def _encoded_sizes(tensor: torch.Tensor, nm: tuple[int, int] | None) -> dict[str, int | None]:
+def _encoded_sizes(tensor: torch.Tensor, nonzero: torch.Tensor, nm: tuple[int, int] | None) -> dict[str, int | None]:
     numel, item = tensor.numel(), tensor.element_size()
-    nnz = int(_nonzero_mask(tensor).sum())
+    nnz = int(np.count_nonzero(nonzero.reshape(-1).numpy()))
     sizes: dict[str, int | None] = {"dense": numel * item, "bitmask": (numel + 7) // 8 + nnz * item, "nm": None}
-    if nm is not None and _fits_nm(tensor, nm):
+    if nm is not None and _fits_nm(nonzero, nm):
         n, m = nm
         groups = numel // m
         sizes["nm"] = groups * n * item + (groups * n * _index_bits(m) + 7) // 8
     return sizes
 
 
-def _fits_nm(tensor: torch.Tensor, nm: tuple[int, int]) -> bool:
+def _fits_nm(nonzero: torch.Tensor, nm: tuple[int, int]) -> bool:
+    """Whether a tensor with this non-zero mask has at most N non-zeros in every group of M (input dimension)."""
     n, m = nm
-    if tensor.dim() not in (2, 4):
+    if nonzero.dim() not in (2, 4):
         return False
-    inner = tensor.shape[1] if tensor.dim() == 4 else tensor.shape[-1]
+    inner = nonzero.shape[1] if nonzero.dim() == 4 else nonzero.shape[-1]
     if inner % m:
         return False
-    counts = nm_groups_view(_nonzero_mask(tensor), m).sum(dim=1)
+    counts = nm_groups_view(nonzero, m).sum(dim=1, dtype=torch.int32)
     return bool((counts <= n).all())
 
 
@@ -157,7 +166,8 @@ def encode_tensor(name: str, tensor: torch.Tensor, encoding: str = "auto", nm: t
     entry: dict[str, Any] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", "")}
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return {name: tensor}, {**entry, "encoding": "dense"}
-    sizes = _encoded_sizes(tensor, nm)
+    nonzero = _nonzero_mask(tensor)
+    sizes = _encoded_sizes(tensor, nonzero, nm)
     if encoding == "nm" and sizes["nm"] is not None and sizes["nm"] < sizes["dense"]:
         choice = "nm"
     elif encoding == "auto":
@@ -167,12 +177,11 @@ def encode_tensor(name: str, tensor: torch.Tensor, encoding: str = "auto", nm: t
     if choice == "dense":
         return {name: tensor}, {**entry, "encoding": "dense"}
     if choice == "bitmask":
-        mask = _nonzero_mask(tensor).reshape(-1)
-        return {f"{name}::bitmask": pack_bits(mask), f"{name}::values": tensor.reshape(-1)[mask].clone()}, {**entry, "encoding": "bitmask"}
+        return {f"{name}::bitmask": pack_bits(nonzero), f"{name}::values": _from_numpy(_as_numpy(tensor)[nonzero.reshape(-1).numpy()], tensor.dtype)}, {**entry, "encoding": "bitmask"}
     n, m = nm  # type: ignore[misc]
     bits = _index_bits(m)
     groups = nm_groups_view(tensor, m)
-    nonzero = nm_groups_view(_nonzero_mask(tensor), m)
+    nonzero = nm_groups_view(nonzero, m)
     # Stable order: the non-zero positions first (in position order), then zero positions as padding.
     order = torch.sort((~nonzero).to(torch.uint8), dim=1, stable=True).indices[:, :n]
     order = torch.sort(order, dim=1).values
@@ -197,11 +206,12 @@ def decode_tensor(name: str, stored: dict[str, torch.Tensor], entry: dict[str, A
             if packed.dtype != torch.uint8 or packed.numel() != (numel + 7) // 8:
                 raise ValueError("bitmask length does not match the shape")
             mask = unpack_bits(packed, numel)
-            if int(mask.sum()) != values.numel():
-                raise ValueError(f"bitmask has {int(mask.sum())} set bits but {values.numel()} values are stored")
-            out = torch.zeros(numel, dtype=values.dtype)
-            out[mask] = values
-            return out.reshape(shape)
+            count = int(np.count_nonzero(mask.numpy()))
+            if count != values.numel():
+                raise ValueError(f"bitmask has {count} set bits but {values.numel()} values are stored")
+            out = np.zeros(numel, dtype=_as_numpy(values).dtype)
+            out[mask.numpy()] = _as_numpy(values)
+            return _from_numpy(out, values.dtype).reshape(shape)
         if encoding == "nm":
             n, m, bits = int(entry["n"]), int(entry["m"]), int(entry["bits"])
             values, packed = stored[f"{name}::nm_values"], stored[f"{name}::nm_indices"]
@@ -228,7 +238,8 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     for key in sorted(tensors):
         tensor = tensors[key].contiguous()
         digest.update(key.encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        if tensor.numel():
+            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
