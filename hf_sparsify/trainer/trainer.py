@@ -64,7 +64,6 @@ logger = get_logger(__name__)
 
 SPARSE_STATE_NAME = "sparse_trainer_state.json"
 _STATE_FORMAT = 1
-_DEFAULT_CALIBRATION_SAMPLES = 512
 
 
 def _as_list(value) -> list | None:
@@ -74,16 +73,24 @@ def _as_list(value) -> list | None:
 
 
 class _Calibration:
-    """Re-iterable calibration batches for one pruning step, with a progress bar."""
+    """Calibration batches for one pruning step, with a progress bar. Every pass draws a fresh random subset of
+    ``num_samples`` rows (all rows, shuffled, when ``None``), seeded by ``seed`` and the pass number, so that every
+    process sees the same batches and a method that makes several passes (CAP's gradients) sees new samples."""
 
-    def __init__(self, loader, desc: str, disable: bool):
-        self.loader, self.desc, self.disable = loader, desc, disable
+    def __init__(self, dataset, *, num_samples: int | None, batch_size: int, collate_fn, num_workers: int, seed: int, desc: str, disable: bool):
+        self.dataset, self.num_samples, self.batch_size = dataset, num_samples, batch_size
+        self.collate_fn, self.num_workers, self.seed = collate_fn, num_workers, seed
+        self.desc, self.disable = desc, disable
+        self._passes = 0
 
     def __iter__(self):
-        yield from progress(self.loader, desc=self.desc, total=len(self.loader), disable=self.disable, unit="batch")
-
-    def __len__(self) -> int:
-        return len(self.loader)
+        indices = random_indices(len(self.dataset), self.num_samples, self.seed + 7919 * self._passes)
+        self._passes += 1
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size, shuffle=False,
+            collate_fn=self.collate_fn, num_workers=self.num_workers,
+        )
+        yield from progress(loader, desc=self.desc, total=len(loader), disable=self.disable, unit="batch")
 
 
 class _SparsityCallback(TrainerCallback):
@@ -240,7 +247,8 @@ class SparseTrainer(Trainer):
                 )
             if len(dataset) == 0:
                 raise CalibrationDataError("the calibration data (train_dataset) is empty.")
-            if self._pruner.needs_labels():
+            # gradient methods (CAP, WoodFisher, FastCAP) check labels only when they run; ask their loss here
+            if self._pruner.needs_labels() or getattr(config, "loss", None) == "labels":
                 batch = self._collate(self._calibration_dataset(), [0])
                 if "labels" not in batch:
                     source = "calibration_dataset" if self.calibration_dataset is not None else "train_dataset"
@@ -278,20 +286,21 @@ class SparseTrainer(Trainer):
         return dict(self._collator()([dataset[i] for i in indices]))
 
     def _calibration(self, index: int, config: PruningConfig, desc: str) -> _Calibration:
-        """Fresh calibration batches for pruning step ``index``: a random subset of the training data, the same on
-        every process (seeded by the run's seed and the step index)."""
-        dataset = self._calibration_dataset()
-        num = self._pruner.num_calibration_samples() or _DEFAULT_CALIBRATION_SAMPLES
+        """Fresh calibration batches for pruning step ``index``: random rows of the training data (the method's
+        ``num_calibration_samples``, or all rows in a random order), the same on every process (seeded by the
+        run's seed and the step index). Batches have ``grad_batch_size`` (gradient methods) or
+        ``calibration_batch_size`` images."""
         seed = (self.args.data_seed if self.args.data_seed is not None else self.args.seed) + 10_007 * (index + 1)
-        indices = random_indices(len(dataset), num, seed)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, indices),
-            batch_size=config.calibration_batch_size,
-            shuffle=False,
+        return _Calibration(
+            self._calibration_dataset(),
+            num_samples=self._pruner.num_calibration_samples(),
+            batch_size=getattr(config, "grad_batch_size", None) or config.calibration_batch_size,
             collate_fn=self._collator(),
             num_workers=self.args.dataloader_num_workers,
+            seed=seed,
+            desc=desc,
+            disable=self._disable_bars(),
         )
-        return _Calibration(loader, desc, self._disable_bars())
 
     def _disable_bars(self) -> bool:
         return bool(self.args.disable_tqdm) or not self.is_local_process_zero()

@@ -210,3 +210,21 @@ def test_structured_method_prunes_once_before_training_and_resumes(tmp_path):
             model=tiny_vit(), args=args, train_dataset=ToyImages(64), pruning_config=VBPConfig(pruning_ratio=0.5),
             schedule=PruningSchedule.gradual(initial_sparsity=0.2, end=4, every=2),
         )
+
+
+def test_cap_prunes_gradually_inside_the_trainer(tmp_path):
+    from hf_sparsify.methods.cap import CAPConfig
+
+    model = tiny_vit()
+    config = CAPConfig(sparsity=0.6, fisher_block_size=16, num_grads=4, calibration_batch_size=8)
+    trainer = SparseTrainer(
+        model=model, args=training_args(tmp_path, max_steps=6), train_dataset=ToyImages(64), pruning_config=config,
+        schedule=PruningSchedule.gradual(initial_sparsity=0.3, end=3, every=3, ramp="linear"),
+    )
+    trainer.train()
+    assert [r["sparsity"] for r in trainer.pruning_history] == pytest.approx([0.3, 0.6])
+    assert hf_sparsify.sparsity_report(model).sparsity == pytest.approx(0.6, abs=1e-3)
+    assert model.pruning_config.method == "cap" and model.pruning_config.sparsity == pytest.approx(0.6)
+    # CAP's loss needs labels: refused up front when the training data has none
+    with pytest.raises(CalibrationDataError, match="labels"):
+        SparseTrainer(model=tiny_vit(), args=training_args(tmp_path, max_steps=2), train_dataset=ToyImages(16, labels=False), pruning_config=config)
