@@ -1,0 +1,161 @@
+"""VBP quality on the trained tiny ViT (CIFAR-10): top-1 directly after pruning (no finetuning).
+
+For each MACs reduction (20/35/50% by default) it compares
+  * VBP (global threshold, the default normalisation) with and without the mean-shift compensation,
+  * the same per-layer widths with the neurons chosen by the L1 norm of their fc1 row (magnitude), with and
+    without the same compensation,
+  * VBP per_layer allocation and the other global normalisations (to choose the default).
+
+Calibration: ``--num-calibration`` train images drawn at random with ``--seed``; evaluation: the full test set
+(10,000 images) unless ``--eval-limit`` draws a random subset. Prints a JSON line per row and a Markdown table.
+
+    python benchmarks/bench_vbp_cifar10.py [--model ../shared/models/vit-tiny-cifar10] [--data ../shared/data/cifar10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+import hf_sparsify  # noqa: E402
+from hf_sparsify.adapters import CONV_CHANNEL, MLP_NEURON, get_adapter  # noqa: E402
+from hf_sparsify.data import dataset_batches, find_columns, random_indices  # noqa: E402
+from hf_sparsify.evaluation import evaluate_model  # noqa: E402
+from hf_sparsify.methods.vbp.pruner import mlp_groups, shrink_mlp  # noqa: E402
+from hf_sparsify.methods.vbp.selection import kept_units  # noqa: E402
+from hf_sparsify.observers import collect_activation_moments  # noqa: E402
+from hf_sparsify.report import _query_modules, count_macs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def preprocess(dataset, processor, indices, batch_size=500):
+    image_column, label_column = find_columns(dataset)
+    return list(dataset_batches(dataset, indices, batch_size, processor, image_column=image_column, label_column=label_column))
+
+
+def l1_same_widths(model, widths: dict[str, int], moments, compensation: bool):
+    """A copy of ``model`` with the given MLP widths, keeping the neurons of largest fc1-row L1 norm."""
+    import copy
+
+    pruned = copy.deepcopy(model)
+    for group in mlp_groups(get_adapter(pruned)):
+        rows = torch.stack([pruned.get_submodule(p).weight.detach().abs().sum(1) for p in group.producers]).sum(0)
+        keep = kept_units(rows, widths[group.name])
+        shrink_mlp(pruned, group, keep, moments[group.name].mean if compensation else None)
+    return pruned
+
+
+def macs_of(model):
+    return count_macs(model, _query_modules(get_adapter(model)))["total"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "vit-tiny-cifar10"))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--targets", default="0.2,0.35,0.5", help="MACs reductions")
+    parser.add_argument("--num-calibration", type=int, default=1024)
+    parser.add_argument("--seeds", default="0", help="calibration seeds, comma-separated")
+    parser.add_argument("--eval-limit", type=int, default=None, help="random test subset (default: all 10,000)")
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+
+    model = transformers.AutoModelForImageClassification.from_pretrained(args.model).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(args.model)
+    train = hf_sparsify.load_image_dataset(args.data, split="train")
+    test = hf_sparsify.load_image_dataset(args.data, split="test")
+    eval_indices = random_indices(len(test), args.eval_limit, 1234) if args.eval_limit else list(range(len(test)))
+    evaluation = preprocess(test, processor, eval_indices)
+
+    @torch.no_grad()
+    def all_logits(m):
+        return torch.cat([m(pixel_values=b["pixel_values"]).logits.double() for b in evaluation])
+
+    dense_logits = all_logits(model)
+
+    def accuracy(m):
+        """Top-1 and loss, plus fidelity to the dense model: top-1 agreement and mean KL(dense || pruned)."""
+        metrics = evaluate_model(m, evaluation, disable_tqdm=True)
+        logits = all_logits(m)
+        metrics["agreement"] = float((logits.argmax(-1) == dense_logits.argmax(-1)).double().mean())
+        metrics["kl"] = float(torch.nn.functional.kl_div(logits.log_softmax(-1), dense_logits.log_softmax(-1), log_target=True, reduction="batchmean"))
+        return metrics
+
+    dense = accuracy(model)
+    dense_macs = macs_of(model)
+    rows = [{"variant": "dense", "target": 0.0, "seed": None, **dense, "macs": dense_macs, "widths": None}]
+    print(json.dumps(rows[-1]))
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        indices = random_indices(len(train), args.num_calibration, seed)
+        calibration = preprocess(train, processor, indices, batch_size=128)
+        groups = mlp_groups(get_adapter(model))
+        moments = collect_activation_moments(model, {g.name: g.observe for g in groups}, calibration, disable_tqdm=True)
+        for target in [float(t) for t in args.targets.split(",")]:
+            variants = {
+                "vbp global (mean norm.) + compensation": dict(),
+                "vbp global (mean norm.), no compensation": dict(compensation=False),
+                "vbp per_layer + compensation": dict(allocation="per_layer"),
+                "vbp global (max norm.) + compensation": dict(global_normalization="max"),
+                "vbp global (no norm.) + compensation": dict(global_normalization="none"),
+            }
+            widths = None
+            for name, extra in variants.items():
+                start = time.perf_counter()
+                pruned = hf_sparsify.prune(model, hf_sparsify.VBPConfig(target_macs_reduction=target, **extra), calibration, disable_tqdm=True)
+                seconds = time.perf_counter() - start
+                layer_widths = {k: v["width"] for k, v in pruned.pruning_result.layers.items()}
+                if widths is None:
+                    widths = layer_widths
+                row = {"variant": name, "target": target, "seed": seed, **accuracy(pruned), "macs": macs_of(pruned), "widths": list(layer_widths.values()), "prune_seconds": round(seconds, 2)}
+                rows.append(row)
+                print(json.dumps(row))
+            for compensation in (True, False):
+                pruned = l1_same_widths(model, widths, moments, compensation)
+                name = "L1 of fc1 rows, same widths" + (" + compensation" if compensation else ", no compensation")
+                row = {"variant": name, "target": target, "seed": seed, **accuracy(pruned), "macs": macs_of(pruned), "widths": list(widths.values())}
+                rows.append(row)
+                print(json.dumps(row))
+
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"evaluation: {len(eval_indices)} CIFAR-10 test images; calibration: {args.num_calibration} random train images, seeds {args.seeds}")
+    print()
+    print("| MACs removed (target) | variant | seed | MACs/image | widths | top-1 | loss | agreement with dense | KL(dense‖pruned) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        removed = 1 - r["macs"] / dense_macs
+        print(
+            f"| {removed:.1%} ({r['target']:.0%}) | {r['variant']} | {r['seed']} | {r['macs'] / 1e6:.2f} M | {r['widths']} | "
+            f"{r['accuracy']:.2%} | {r['loss']:.3f} | {r['agreement']:.2%} | {r['kl']:.4f} |"
+        )
+    print()
+    print("Means over seeds:")
+    print("| MACs target | variant | top-1 (mean ± sd) | loss | agreement | KL |")
+    print("|---|---|---|---|---|---|")
+    groups: dict = {}
+    for r in rows[1:]:
+        groups.setdefault((r["target"], r["variant"]), []).append(r)
+    for (target, variant), rs in groups.items():
+        acc = torch.tensor([r["accuracy"] for r in rs], dtype=torch.float64) * 100
+        sd = f" ± {acc.std().item():.2f}" if len(rs) > 1 else ""
+        mean = {k: sum(r[k] for r in rs) / len(rs) for k in ("loss", "agreement", "kl")}
+        print(f"| {target:.0%} | {variant} | {acc.mean().item():.2f}%{sd} | {mean['loss']:.3f} | {mean['agreement']:.2%} | {mean['kl']:.4f} |")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
