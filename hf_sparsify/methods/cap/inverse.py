@@ -108,5 +108,6 @@ def block_fisher_inverse(
         fisher = sums[start:stop].to(torch.float64) / num_grads + damp * eye
         factor, part = damped_cholesky(fisher, name=name)
         info.merge(part)
-        sums[start:stop] = torch.cholesky_inverse(factor).to(sums.dtype)
+        # cholesky_solve against I: batched cholesky_inverse is ~40x slower on multi-threaded CPU (torch 2.13)
+        sums[start:stop] = torch.cholesky_solve(eye.expand_as(factor), factor).to(sums.dtype)
     return sums, info
