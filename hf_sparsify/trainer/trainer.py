@@ -591,6 +591,24 @@ class SparseTrainer(Trainer):
         target.load_state_dict(loaded.state_dict(), strict=True)
         logger.info(f"SparseTrainer: loaded the weights of {resume_from_checkpoint} (strict, converted key names).")
 
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the best checkpoint's weights through the same strict, converting loader, and
+        its masks."""
+        best = self.state.best_model_checkpoint
+        if best is None or self.is_deepspeed_enabled or not os.path.isfile(os.path.join(best, "config.json")):
+            return super()._load_best_model()
+        logger.info(f"SparseTrainer: loading the best model from {best} (score: {self.state.best_metric}).")
+        self._load_from_checkpoint(best)
+        masks_path = os.path.join(best, MASKS_NAME)
+        if os.path.isfile(masks_path):
+            hooked = self.masks is not None and self.masks._hooks_enabled
+            if self.masks is not None:
+                self.masks.detach_gradient_hooks()
+            self.masks = MaskState.load(self.model, masks_path)
+            if hooked:
+                self.masks.attach_gradient_hooks()
+        return None
+
     @staticmethod
     def _read_state(folder: str) -> dict[str, Any] | None:
         path = os.path.join(folder, SPARSE_STATE_NAME)

@@ -228,3 +228,18 @@ def test_cap_prunes_gradually_inside_the_trainer(tmp_path):
     # CAP's loss needs labels: refused up front when the training data has none
     with pytest.raises(CalibrationDataError, match="labels"):
         SparseTrainer(model=tiny_vit(), args=training_args(tmp_path, max_steps=2), train_dataset=ToyImages(16, labels=False), pruning_config=config)
+
+
+def test_load_best_model_at_end_loads_the_best_checkpoint_exactly(tmp_path):
+    args = training_args(
+        tmp_path, max_steps=9, eval_strategy="steps", eval_steps=3, save_strategy="steps", save_steps=3,
+        load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True,  # "best" = highest loss:
+    )  # an early checkpoint, so loading it really changes the weights
+    trainer = SparseTrainer(model=tiny_vit(), args=args, train_dataset=ToyImages(32), eval_dataset=ToyImages(16, seed=2),
+                            pruning_config=MagnitudeConfig(sparsity=0.5))
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-9")
+    expected = type(trainer.model).from_pretrained(best)
+    for (name, a), b in zip(expected.state_dict().items(), trainer.model.state_dict().values()):
+        assert torch.equal(a, b), name
