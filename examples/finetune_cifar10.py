@@ -136,6 +136,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--method", default="cap", help="any registered method: cap, magnitude, fastcap, woodfisher, ...")
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--sparsity-distribution", default="global", help="magnitude only: global or uniform")
+    parser.add_argument("--pruned-model", default=None, help="skip one-shot pruning: start from a model this script (or hf_sparsify.prune) saved")
     parser.add_argument("--schedule", choices=["one-shot", "gradual"], default="one-shot")
     parser.add_argument("--initial-sparsity", type=float, default=0.4, help="gradual: sparsity of the first pruning step")
     parser.add_argument("--prune-every", type=float, default=1.0, help="gradual: epochs between pruning steps")
@@ -188,7 +189,12 @@ def main(argv=None) -> dict:
     config = pruning_config(args)
     student = copy.deepcopy(dense)
     trainer_kwargs: dict = {}
-    if args.schedule == "one-shot":
+    if args.pruned_model:
+        student = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(args.pruned_model).to(device)
+        results["pruned_model"] = args.pruned_model
+        results["one_shot"] = evaluate(student, test, device)
+        print(f"loaded {args.pruned_model}: {results['one_shot']['accuracy']:.2%}")
+    elif args.schedule == "one-shot":
         t0 = time.perf_counter()
         student = hf_sparsify.prune(student, config, calibration_loader(train_plain, args.calibration_batch_size, args.seed), inplace=True)
         results["pruning_seconds"] = round(time.perf_counter() - t0, 1)
@@ -249,19 +255,20 @@ def main(argv=None) -> dict:
     if trainer.pruning_history:
         results["pruning_steps"] = trainer.pruning_history
     student = trainer.model
-    results["recovered"] = evaluate(student, test, device)
     results["measured_sparsity"] = round(hf_sparsify.sparsity_report(student, compute_macs=False).sparsity, 4)
-    print(
-        f"recovered after {args.epochs:g} epoch(s) ({results['train_seconds']} s on {results['device']}): "
-        f"{results['recovered']['accuracy']:.2%} at sparsity {results['measured_sparsity']:.2%}"
-    )
+    if args.epochs > 0:
+        results["recovered"] = evaluate(student, test, device)
+        print(
+            f"recovered after {args.epochs:g} epoch(s) ({results['train_seconds']} s on {results['device']}): "
+            f"{results['recovered']['accuracy']:.2%} at sparsity {results['measured_sparsity']:.2%}"
+        )
 
     if trainer.is_world_process_zero():
         student.pruning_metrics = {
             "dataset": "CIFAR-10", "dataset_id": "cifar10", "split": "test",
             "before": {"accuracy": results["dense"]["accuracy"]},
             **({"after": {"accuracy": results["one_shot"]["accuracy"]}} if "one_shot" in results else {}),
-            "recovered": {"accuracy": results["recovered"]["accuracy"]},
+            **({"recovered": {"accuracy": results["recovered"]["accuracy"]}} if "recovered" in results else {}),
         }
     trainer.save_model(str(output_dir / "model"))
     results["total_seconds"] = round(time.perf_counter() - started, 1)
