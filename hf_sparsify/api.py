@@ -30,6 +30,9 @@ def _record_dense_reference(model: nn.Module, adapter) -> None:
     meta = get_metadata(model.config)
     if "dense_params" in meta:
         return
+    name = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if name:
+        meta.setdefault("base_model", str(name))
     meta["dense_params"] = sum(p.numel() for p in model.parameters())
     try:
         skeleton = dense_skeleton(model)

@@ -64,7 +64,7 @@ def run_demo(method: str | None = None, sparsity: float | None = None, output: P
     after = evaluate_model(pruned, evaluation, image_processor=processor, batch_size=250, disable_tqdm=disable_tqdm)
     dense_report = hf_sparsify.sparsity_report(model)
     report = hf_sparsify.sparsity_report(pruned)
-    pruned.pruning_metrics = {"before": before, "after": after, "dataset": "CIFAR-10 (bundled 2,000-image test sample)"}
+    pruned.pruning_metrics = {"before": before, "after": after, "dataset": "CIFAR-10 (bundled 2,000-image test sample)", "dataset_id": "cifar10", "split": "test"}
 
     def save(directory: Path) -> None:
         processor.save_pretrained(directory)  # first: the model card written by save_pretrained then shows how to load it
