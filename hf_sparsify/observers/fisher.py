@@ -241,6 +241,18 @@ class _Timer:
 
 
 @torch.no_grad()
+def _all_reduce(tensor: torch.Tensor, state, device: torch.device) -> None:
+    """Sum over processes; CPU tensors go through ``device`` in pieces when the backend (NCCL) needs GPU tensors."""
+    if state.num_processes > 1 and tensor.device.type == "cpu" and torch.distributed.get_backend() == "nccl":
+        for piece in tensor.view(-1).split(1 << 26):
+            staged = piece.to(device)
+            all_reduce_sum(staged, state)
+            piece.copy_(staged)
+    else:
+        all_reduce_sum(tensor, state)
+
+
+@torch.no_grad()
 def _accumulate(sums: torch.Tensor, buffer: torch.Tensor, count: int, mode: str) -> None:
     """Add the outer products of ``count`` buffered gradients. ``buffer`` is ``(num_blocks, chunk, B)``."""
     chunk = buffer[:, :count]
@@ -380,9 +392,9 @@ def collect_fisher(
 
     with timer("fisher"):
         counter = torch.tensor([float(count)], dtype=torch.float64, device=fisher_device)
-        all_reduce_sum(counter, state)
+        _all_reduce(counter, state, device)
         for t in targets:
-            all_reduce_sum(sums[t.name], state)
+            _all_reduce(sums[t.name], state, device)
     total_grads = int(counter.item())
     if total_grads == 0:
         raise GradientError("No gradient was computed: the calibration data yielded no batch for this process.")

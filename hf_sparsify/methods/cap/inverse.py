@@ -101,7 +101,8 @@ def block_fisher_inverse(
     if not damp > 0:
         raise ValueError(f"damp must be > 0, got {damp}")
     n, b, _ = sums.shape
-    size = blocks_in_parallel or max(1, (64 << 20) // (b * b * 8))
+    workspace = (1 << 30) if sums.device.type == "cuda" else (64 << 20)
+    size = blocks_in_parallel or max(1, workspace // (b * b * 8))
     eye = torch.eye(b, dtype=torch.float64, device=sums.device)
     info = InverseInfo()
     for start, stop in chunks(n, size):
