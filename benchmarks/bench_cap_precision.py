@@ -35,7 +35,7 @@ def compare(a, b) -> dict:
     la, lb = get_adapter(a).prunable_layers(), get_adapter(b).prunable_layers()
     total = sum(l.numel for l in la)
     agree = sum(int(((x.weight == 0) == (y.weight == 0)).sum()) for x, y in zip(la, lb))
-    rel = max(float((x.weight - y.weight).abs().max() / y.weight.abs().max()) for x, y in zip(la, lb))
+    rel = max(float((x.weight - y.weight).detach().abs().max() / y.weight.detach().abs().max()) for x, y in zip(la, lb))
     return {"mask_agreement": round(agree / total, 6), "max_rel_weight_diff": rel}
 
 

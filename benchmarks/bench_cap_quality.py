@@ -30,11 +30,11 @@ from hf_sparsify.evaluation import evaluate_model  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def configs(sparsity: float, num_grads: int, block: int, batch: int) -> dict[str, hf_sparsify.PruningConfig]:
+def configs(sparsity: float, num_grads: int, block: int, batch: int, woodfisher_damp: float) -> dict[str, hf_sparsify.PruningConfig]:
     fisher = dict(sparsity=sparsity, fisher_block_size=block, num_grads=num_grads, grad_batch_size=batch, seed=0)
     return {
         "magnitude": MagnitudeConfig(sparsity=sparsity, sparsity_distribution="global"),
-        "woodfisher": WoodFisherConfig(**fisher),
+        "woodfisher": WoodFisherConfig(**{**fisher, "damp": woodfisher_damp}),
         "fastcap": FastCAPConfig(**fisher),
         "cap": CAPConfig(**fisher),
     }
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None, help="evaluate on N random test images (default: all 10,000)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--woodfisher-damp", type=float, default=1e-8, help="WoodFisher's dampening (default: CAP's 1e-8)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,7 +67,7 @@ def main() -> None:
     rows = [{"method": "dense", "sparsity": 0.0, **evaluate(model)}]
     print(json.dumps(rows[0]), flush=True)
     for level in [float(x) for x in args.levels.split(",")]:
-        for name, config in configs(level, args.num_grads, args.block, args.batch_size).items():
+        for name, config in configs(level, args.num_grads, args.block, args.batch_size, args.woodfisher_damp).items():
             if name not in args.methods.split(","):
                 continue
             start = time.perf_counter()
