@@ -30,7 +30,8 @@ all-reduced, so 1 and N processes give the same statistics. The loss of a batch 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -220,24 +221,31 @@ def _sync(device: torch.device) -> None:
 
 
 class _Timer:
+    """``with timer("phase"):`` adds the phase's wall time (synchronised on CUDA) to ``timings``."""
+
     def __init__(self, timings: dict[str, float], device: torch.device):
         self.timings, self.device = timings, device
 
+    @contextmanager
     def __call__(self, phase: str):
-        import time
-        from contextlib import contextmanager
-
-        @contextmanager
-        def timed():
+        _sync(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
             _sync(self.device)
-            start = time.perf_counter()
-            try:
-                yield
-            finally:
-                _sync(self.device)
-                self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
-        return timed()
+
+@contextmanager
+def _exact_matmul():
+    """Full float32 products for the Fisher sums, whatever the user chose for the model (TF32 keeps 10 bits)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 @torch.no_grad()
@@ -290,7 +298,8 @@ def collect_fisher(
         mode: ``"blocks"`` (one ``B×B`` block per ``B`` weights) or ``"shared"`` (one ``B×B`` per target).
         device: where the model runs (default: the model's device).
         fisher_device: where the sums live (default: ``device``).
-        dtype: dtype of the sums (``float32`` or ``float64``); matrix products never use TF32.
+        dtype: dtype of the sums (``float32`` or ``float64``); their products never use TF32 (the model's
+            forward/backward follow the user's ``torch.backends`` settings).
         chunk_size: gradients buffered per batched product (default: up to 64, within ~256 MiB of buffer per
             target group on CPU, 2 GiB on GPU).
         mixed_precision: ``"no"`` or ``"bf16"`` (autocast of the forward/backward only; gradients stay fp32).
@@ -333,8 +342,6 @@ def collect_fisher(
     for p in model.parameters():
         p.requires_grad_(id(p) in target_ids)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if mixed_precision == "bf16" else nullcontext()
-    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
 
     count, filled, first_index = 0, 0, None
 
@@ -351,7 +358,8 @@ def collect_fisher(
                         f"Non-finite gradients for layer {t.name} (batches from index {first_index}): check the "
                         "calibration inputs for NaN/inf, the model's weights, and use mixed_precision='no'."
                     )
-                _accumulate(sums[t.name], buf, filled, mode)
+                with _exact_matmul():
+                    _accumulate(sums[t.name], buf, filled, mode)
         filled = 0
 
     try:
@@ -384,7 +392,6 @@ def collect_fisher(
                 flush()
         flush()
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
         for t in targets:
             t.weight.grad = None
         for name, p in model.named_parameters():
