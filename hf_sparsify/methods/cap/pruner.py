@@ -226,7 +226,8 @@ class _BlockFisherPruner(_GradientFisherPruner):
         groups.append(current)
         return groups
 
-    def _inverse(self, stats, t: FisherTarget, inverse_info: dict[str, InverseInfo], result: PruningResult, fisher_device) -> torch.Tensor:
+    def _inverse(self, stats, t: FisherTarget, result: PruningResult, inverse_info: dict[str, InverseInfo] | None) -> torch.Tensor:
+        """The inverse Fisher blocks of ``t``, in place of its sums (``inverse_info``: where to count re-dampings)."""
         config: BlockFisherConfig = self.config
         with result.timed("inverse"):
             hinv, info = block_fisher_inverse(
@@ -236,64 +237,70 @@ class _BlockFisherPruner(_GradientFisherPruner):
                 name=t.name,
                 blocks_in_parallel=config.blocks_in_parallel if config.blocks_in_parallel > 0 else None,
             )
-        inverse_info.setdefault(t.name, InverseInfo()).merge(info)
+        if inverse_info is not None:
+            inverse_info.setdefault(t.name, InverseInfo()).merge(info)
         return hinv
 
     @torch.no_grad()
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
         config: BlockFisherConfig = self.config
         self._check_inputs(calibration)
-        layers = adapter.select_layers(config.targets, config.ignore)
-        targets = self._targets(layers)
+        targets = self._targets(adapter.select_layers(config.targets, config.ignore))
         result = PruningResult(method=config.method)
         fisher_device = torch.device(config.fisher_device) if config.fisher_device else torch.device(device)
         dtype = _DTYPES[config.fisher_dtype]
-        itemsize = torch.finfo(dtype).bits // 8
-        groups = self._groups(targets, itemsize)
+        groups = self._groups(targets, torch.finfo(dtype).bits // 8)
         result.info["fisher_groups"] = len(groups)
         inverse_info: dict[str, InverseInfo] = {}
-        extra: dict[str, dict[str, Any]] = {}
+        breakdowns: dict[str, int] = {}
         collect = dict(device=device, fisher_device=fisher_device, dtype=dtype, result=result, disable_tqdm=disable_tqdm)
-        local = config.sparsity_distribution == "uniform" or config.nm is not None
         for step in range(config.num_recomputations):
-            nm_quota = self._nm_quota(step)
-            analyses: dict[str, dict[str, Any]] = {}
-            kept: dict[str, torch.Tensor] = {}
-            steps: dict[str, _StepTarget] = {}
-            new_blocks: dict[str, torch.Tensor] = {}
-            for group in groups:
-                stats = self._collect(model, group, calibration, step, **collect)
-                for t in progress(group, desc=f"{config.method} layers", disable=disable_tqdm):
-                    blocks = t.layout.to_blocks(t.weight.detach()).to(fisher_device)
-                    st = steps[t.name] = _StepTarget(t, blocks, int((blocks == 0).sum()))
-                    hinv = self._inverse(stats, t, inverse_info, result, fisher_device)
-                    analysis = analyses[t.name] = self._analyse(st, hinv, nm_quota, result)
-                    if local:
-                        decision = self._local_decision(st, analysis, nm_quota, step, result)
-                        with result.timed("update"):
-                            new_blocks[t.name] = self._rebuild(st, hinv, analysis, decision)
-                    elif len(groups) == 1:
-                        kept[t.name] = hinv
-                    del hinv
-                del stats
-            if not local:
-                with result.timed("selection"):
-                    decisions = self._global_decisions([steps[t.name] for t in targets], analyses, step, result)
-                for group in groups:
-                    stats = None if len(groups) == 1 else self._collect(model, group, calibration, step, **collect)
-                    for t in group:
-                        hinv = kept.pop(t.name) if stats is None else self._inverse(stats, t, inverse_info, result, fisher_device)
-                        with result.timed("update"):
-                            new_blocks[t.name] = self._rebuild(steps[t.name], hinv, analyses[t.name], decisions[t.name])
-                        del hinv
-                    del stats
+            new_blocks, analyses = self._prune_step(model, calibration, targets, groups, step, collect, result, inverse_info, disable_tqdm)
             for t in targets:
                 self._write(t, new_blocks.pop(t.name))
-                breakdowns = analyses[t.name].get("breakdowns", 0)
-                if breakdowns:
-                    extra.setdefault(t.name, {})["pivot_breakdowns"] = extra.get(t.name, {}).get("pivot_breakdowns", 0) + breakdowns
-        self._record(targets, result, inverse_info, extra)
+                breakdowns[t.name] = breakdowns.get(t.name, 0) + analyses[t.name].get("breakdowns", 0)
+        self._record(targets, result, inverse_info, {name: {"pivot_breakdowns": n} for name, n in breakdowns.items() if n})
         return result
+
+    def _prune_step(self, model, calibration, targets, groups, step, collect, result, inverse_info, disable_tqdm):
+        """One recomputation: Fisher per group of layers, per-layer analysis, selection, rebuilt weights (not yet
+        written, so every group's gradients see the same model)."""
+        config: BlockFisherConfig = self.config
+        local = config.sparsity_distribution == "uniform" or config.nm is not None
+        nm_quota = self._nm_quota(step)
+        analyses: dict[str, dict[str, Any]] = {}
+        kept: dict[str, torch.Tensor] = {}
+        steps: dict[str, _StepTarget] = {}
+        new_blocks: dict[str, torch.Tensor] = {}
+        for group in groups:
+            stats = self._collect(model, group, calibration, step, **collect)
+            for t in progress(group, desc=f"{config.method} layers", disable=disable_tqdm):
+                blocks = t.layout.to_blocks(t.weight.detach()).to(collect["fisher_device"])
+                st = steps[t.name] = _StepTarget(t, blocks, int((blocks == 0).sum()))
+                hinv = self._inverse(stats, t, result, inverse_info)
+                analyses[t.name] = self._analyse(st, hinv, nm_quota, result)
+                if local:  # the decision needs this layer only: rebuild now and free the inverse
+                    decision = self._local_decision(st, analyses[t.name], nm_quota, step, result)
+                    with result.timed("update"):
+                        new_blocks[t.name] = self._rebuild(st, hinv, analyses[t.name], decision)
+                elif len(groups) == 1:
+                    kept[t.name] = hinv
+                del hinv
+            del stats
+        if local:
+            return new_blocks, analyses
+        with result.timed("selection"):
+            decisions = self._global_decisions([steps[t.name] for t in targets], analyses, step, result)
+        for group in groups:
+            # layer streaming: the inverses were not kept, so the group's Fisher is collected again
+            stats = None if len(groups) == 1 else self._collect(model, group, calibration, step, **collect)
+            for t in group:
+                hinv = kept.pop(t.name) if stats is None else self._inverse(stats, t, result, None)
+                with result.timed("update"):
+                    new_blocks[t.name] = self._rebuild(steps[t.name], hinv, analyses[t.name], decisions[t.name])
+                del hinv
+            del stats
+        return new_blocks, analyses
 
     def _local_decision(self, st: _StepTarget, analysis, nm_quota, step: int, result: PruningResult):
         if nm_quota is not None:
