@@ -1,8 +1,6 @@
 """Every bad input of the CAP family gets a clear error that says what to change."""
 
 import pytest
-import torch
-from torch import nn
 
 import hf_sparsify
 from hf_sparsify import CalibrationDataError, CAPConfig, FastCAPConfig, PruningConfigError, PruningError, WoodFisherConfig

@@ -1,6 +1,5 @@
 """Batched Cholesky inverses of the damped Fisher blocks equal the reference's per-gradient Sherman–Morrison."""
 
-import numpy as np
 import pytest
 import torch
 
