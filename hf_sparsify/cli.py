@@ -301,10 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .configuration import PruningConfigError
     from .data import CalibrationDataError
     from .hub import HubPushError
+    from .methods.base import PruningError
+    from .modeling import SparseCheckpointError
+    from .observers.fisher import GradientError
 
+    user_errors = (
+        CLIError, PruningConfigError, CalibrationDataError, UnsupportedModelError, HubPushError, PruningError, GradientError,
+        SparseCheckpointError, FileNotFoundError, NotADirectoryError,
+    )
     try:
         return args.func(args)
-    except (CLIError, PruningConfigError, CalibrationDataError, UnsupportedModelError, HubPushError, FileNotFoundError, NotADirectoryError) as err:
+    except user_errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

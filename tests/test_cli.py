@@ -116,3 +116,22 @@ def test_wrong_method_config_is_refused_in_process(tmp_path, capsys, loss_method
     err = capsys.readouterr().err
     assert "is a 'magnitude' configuration but --method is 'test-loss'" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_pruning_failure_is_one_error_line(tmp_path):
+    """A method that cannot finish (here: VBP on a model whose activations are NaN) exits 2 with its message."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForImageClassification.from_pretrained(DEMO_MODEL_DIR)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.endswith("mlp.fc1.weight"))[0].fill_(float("nan"))
+    model.save_pretrained(tmp_path / "nan_model")
+    transformers.AutoImageProcessor.from_pretrained(DEMO_MODEL_DIR).save_pretrained(tmp_path / "nan_model")
+    result = run(
+        "prune", tmp_path / "nan_model", "--method", "vbp", "--sparsity", "0.3", "--calibration", DEMO_DATA_DIR,
+        "--calibration-split", "calibration", "--num-calibration-samples", "64", "--output", tmp_path / "o", "--disable-tqdm",
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: VBP cannot estimate activation statistics") and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
