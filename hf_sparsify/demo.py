@@ -19,9 +19,14 @@ DEMO_MARKER = ".hf_sparsify_demo"
 
 # Per method: the demo's configuration, small enough to run in about a minute on 2 CPU cores.
 DEMO_SETTINGS: dict[str, dict] = {
+    "cap": {"sparsity": 0.5, "fisher_block_size": 48, "num_grads": 128, "grad_batch_size": 8},
     "magnitude": {"sparsity": 0.5, "sparsity_distribution": "global"},
+    "fastcap": {"sparsity": 0.5, "fisher_block_size": 48, "num_grads": 128, "grad_batch_size": 8},
+    "woodfisher": {"sparsity": 0.5, "fisher_block_size": 48, "num_grads": 128, "grad_batch_size": 8},
+    "vbp": {"pruning_ratio": 0.3},
 }
-PREFERRED_METHODS = ("magnitude",)
+# The default is the best method available: CAP (the bundled 1,000 calibration images give its 128 gradients of 8).
+PREFERRED_METHODS = ("cap", "magnitude")
 
 
 def _default_method() -> str:
@@ -86,5 +91,7 @@ def run_demo(method: str | None = None, sparsity: float | None = None, output: P
     for r in rows:
         print(f"  {r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}")
     print()
-    print(f"Pruned in {seconds:.1f} s on {before['num_samples']} evaluation images; saved to {output.resolve()}")
+    print(f"Pruned in {seconds:.1f} s; accuracy on {before['num_samples']} evaluation images; saved to {output.resolve()}")
+    others = [m for m in DEMO_SETTINGS if m != method]
+    print(f"Try another method: hf-sparsify demo --method {others[0]}  (any of: {', '.join(others)})")
     return {"method": method, "before": before, "after": after, "sparsity": report.sparsity, "seconds": seconds, "output": str(output)}

@@ -99,11 +99,13 @@ def test_unsupported_architecture_message(tmp_path):
 def test_demo_runs_and_can_be_rerun(tmp_path):
     result = run("demo", "--disable-tqdm", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "top-1 accuracy" in result.stdout
+    assert "hf-sparsify demo: cap" in result.stdout and "top-1 accuracy" in result.stdout  # the default: CAP
     out = tmp_path / "hf_sparsify_demo"
     assert (out / "model.safetensors").exists() and (out / "pruning_config.json").exists()
-    again = run("demo", "--disable-tqdm", cwd=tmp_path)  # replaces its own previous output
+    assert json.loads((out / "pruning_config.json").read_text())["method"] == "cap"
+    again = run("demo", "--method", "magnitude", "--disable-tqdm", cwd=tmp_path)  # replaces its own previous output
     assert again.returncode == 0, again.stderr
+    assert json.loads((out / "pruning_config.json").read_text())["method"] == "magnitude"
 
 
 def test_wrong_method_config_is_refused_in_process(tmp_path, capsys, loss_method):
