@@ -8,7 +8,7 @@ from typing import ClassVar
 from ...configuration import PruningConfig, PruningConfigError
 
 ALLOCATIONS = ("global", "per_layer")
-GLOBAL_NORMALIZATIONS = ("mean", "max", "none")
+GLOBAL_NORMALIZATIONS = ("mean", "max", "none", "output")
 
 
 @dataclass(kw_only=True)
@@ -27,9 +27,12 @@ class VBPConfig(PruningConfig):
             (see ``global_normalization``), so blocks end up with different widths; ``"per_layer"``: the same
             ratio in every MLP.
         global_normalization: how each MLP's variances are made comparable before the global threshold:
-            ``"mean"`` divides them by the layer's mean variance (default: the best of the three on the
-            CIFAR-10 ViT benchmark, see benchmarks/RESULTS.md), ``"max"`` by the layer's largest variance,
-            ``"none"`` compares raw variances (blocks with small activations lose most).
+            ``"output"`` (default) multiplies them by the mean squared norm of the layer's ``fc2`` columns (times
+            LayerScale²), so that every score is in units of the residual stream the MLP writes to: removing
+            neuron ``j`` adds about ``σ_j² ‖γ ⊙ W2[:, j]‖²`` of output variance after compensation, and the
+            layer's average column norm stands in for ``‖W2[:, j]‖`` (ranking inside a layer stays by variance,
+            as in VBP). ``"mean"`` divides by the layer's mean variance, ``"max"`` by its largest variance,
+            ``"none"`` compares raw variances. See benchmarks/RESULTS.md for the comparison on CIFAR-10.
         compensation: fold ``W2[:, removed] · mean[removed]`` into the consumer's bias (the VBP mean shift).
             ``False`` just removes the neurons (the baseline). ConvNeXtV2's GRN makes the fold inexact, so
             ConvNeXtV2 needs ``compensation=False``.
@@ -57,7 +60,7 @@ class VBPConfig(PruningConfig):
     pruning_ratio: float | None = None
     target_macs_reduction: float | None = None
     allocation: str = "global"
-    global_normalization: str = "mean"
+    global_normalization: str = "output"
     compensation: bool = True
     min_neurons_per_layer: int = 1
     round_to: int = 8

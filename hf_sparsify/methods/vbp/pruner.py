@@ -26,9 +26,18 @@ from ...surgery import fold_into_bias, keep_units
 from ...utils import get_logger
 from ..base import Pruner, PruningError, PruningResult
 from .config import VBPConfig
-from .selection import allowed_widths, kept_units, normalize_scores, plan_global, plan_per_layer, plan_per_layer_for_target, removed_cost
+from .selection import (
+    allowed_widths,
+    kept_units,
+    normalize_scores,
+    output_scale,
+    plan_global,
+    plan_per_layer,
+    plan_per_layer_for_target,
+    removed_cost,
+)
 
-__all__ = ["VBPPruner", "mlp_groups", "shrink_mlp", "unit_macs"]
+__all__ = ["VBPPruner", "group_output_scale", "mlp_groups", "shrink_mlp", "unit_macs"]
 
 logger = get_logger(__name__)
 
@@ -69,6 +78,12 @@ def unit_macs(group: StructureGroup, per_module_macs: dict[str, int]) -> float:
         return 0.0
     total = sum(per_module_macs.get(name, 0) for name in [*group.producers, *group.consumers])
     return total / group.num_units
+
+
+def group_output_scale(model: nn.Module, group: StructureGroup) -> float:
+    """:func:`~.selection.output_scale` of a group: its consumer's weight, times its LayerScale if any."""
+    gamma = model.get_parameter(group.layer_scale) if group.layer_scale else None
+    return output_scale(model.get_submodule(group.consumers[0]).weight, gamma)
 
 
 @torch.no_grad()
@@ -123,7 +138,7 @@ class VBPPruner(Pruner):
             costs = [unit_macs(g, macs["per_module"]) for g in groups]
             selected = {g.name for g in groups}
             untouched = sum(g.num_units for g in adapter.structure_groups([MLP_NEURON, CONV_CHANNEL]) if g.name not in selected)
-            widths = self._plan(groups, moments, costs, macs["total"], result, untouched)
+            widths = self._plan(model, groups, moments, costs, macs["total"], result, untouched)
             keeps = [kept_units(moments[g.name].variance, w) for g, w in zip(groups, widths)]
 
         with result.timed("surgery"):
@@ -164,7 +179,8 @@ class VBPPruner(Pruner):
         return result
 
     # ------------------------------------------------------------------------------------------- planning
-    def _plan(self, groups, moments: dict[str, Moments], costs: list[float], total_macs: int, result: PruningResult, untouched: int = 0) -> list[int]:
+
+    def _plan(self, model, groups, moments: dict[str, Moments], costs: list[float], total_macs: int, result: PruningResult, untouched: int = 0) -> list[int]:
         config: VBPConfig = self.config
         sizes = [g.num_units for g in groups]
         round_to, min_keep = config.round_to, config.min_neurons_per_layer
@@ -179,7 +195,10 @@ class VBPPruner(Pruner):
             widths, ratio = plan_per_layer_for_target(sizes, unit_costs, target, round_to, min_keep)
             result.info["per_layer_ratio"] = ratio
         else:
-            scores = [normalize_scores(moments[g.name].variance, config.global_normalization) for g in groups]
+            scores = [
+                normalize_scores(moments[g.name].variance, config.global_normalization, group_output_scale(model, g))
+                for g in groups
+            ]
             widths = plan_global(scores, unit_costs, target, round_to, min_keep)
 
         if sum(widths) + untouched == 0:

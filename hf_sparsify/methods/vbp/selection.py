@@ -16,25 +16,39 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["normalize_scores", "allowed_widths", "kept_units", "plan_per_layer", "plan_global", "plan_per_layer_for_target", "removed_cost"]
+__all__ = ["normalize_scores", "output_scale", "allowed_widths", "kept_units", "plan_per_layer", "plan_global", "plan_per_layer_for_target", "removed_cost"]
 
 
-def normalize_scores(variance: torch.Tensor, method: str = "mean") -> torch.Tensor:
+def normalize_scores(variance: torch.Tensor, method: str = "mean", output_scale: float | None = None) -> torch.Tensor:
     """Make one layer's variances comparable with other layers' before a global threshold.
 
-    ``"mean"``: divide by the layer's mean variance; ``"max"``: by its largest; ``"none"``: unchanged. The order
-    inside the layer never changes. A layer whose variances are all zero gets all-zero scores.
+    ``"mean"``: divide by the layer's mean variance; ``"max"``: by its largest; ``"none"``: unchanged;
+    ``"output"``: multiply by ``output_scale``, the mean squared norm of the layer's ``fc2`` columns (times
+    LayerScale²), which puts every layer's variances in units of the residual stream they are added to. The order
+    inside the layer never changes. A ``"mean"``/``"max"`` layer whose variances are all zero gets all-zero scores.
     """
     variance = variance.to(torch.float64)
     if method == "none":
         return variance
+    if method == "output":
+        if output_scale is None:
+            raise ValueError("the 'output' normalisation needs output_scale (see output_scale())")
+        return variance * float(output_scale)
     if method == "mean":
         scale = variance.mean()
     elif method == "max":
         scale = variance.max()
     else:
-        raise ValueError(f"unknown normalisation {method!r}; use 'mean', 'max' or 'none'")
+        raise ValueError(f"unknown normalisation {method!r}; use 'mean', 'max', 'none' or 'output'")
     return variance / scale if scale > 0 else torch.zeros_like(variance)
+
+
+def output_scale(consumer_weight: torch.Tensor, layer_scale: torch.Tensor | None = None) -> float:
+    """Mean over units of ``‖γ ⊙ W2[:, j]‖²``: how much output variance a unit of unit variance adds, on average."""
+    w = consumer_weight.detach().to(torch.float64)
+    if layer_scale is not None:
+        w = w * layer_scale.detach().to(torch.float64).reshape(-1, 1)
+    return float(w.square().sum(0).mean()) if w.shape[1] else 0.0
 
 
 def allowed_widths(num_units: int, round_to: int = 8, min_keep: int = 1) -> list[int]:

@@ -7,6 +7,7 @@ from hf_sparsify.methods.vbp.selection import (
     allowed_widths,
     kept_units,
     normalize_scores,
+    output_scale,
     plan_global,
     plan_per_layer,
     plan_per_layer_for_target,
@@ -81,3 +82,14 @@ def test_plan_global_with_rounding_and_costs():
 def test_plan_per_layer_for_target():
     widths, ratio = plan_per_layer_for_target([64, 64, 128], [1.0, 1.0, 2.0], target=0.5 * (64 + 64 + 256), round_to=8)
     assert widths == [32, 32, 64] == plan_per_layer([64, 64, 128], ratio, round_to=8)
+
+
+def test_output_normalisation_uses_the_fc2_columns_and_layer_scale():
+    w2 = torch.tensor([[1.0, 0.0], [2.0, 3.0]])  # squared column norms 5 and 9 -> mean 7
+    assert output_scale(w2) == pytest.approx(7.0)
+    gamma = torch.tensor([0.5, 1.0])  # rows scaled: columns become [0.5, 2] and [0, 3] -> 4.25 and 9
+    assert output_scale(w2, gamma) == pytest.approx((4.25 + 9.0) / 2)
+    v = torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(normalize_scores(v, "output", output_scale=7.0), v.double() * 7.0)
+    with pytest.raises(ValueError, match="output_scale"):
+        normalize_scores(v, "output")

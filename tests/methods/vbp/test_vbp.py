@@ -13,7 +13,7 @@ import hf_sparsify
 from hf_sparsify import PruningConfig, PruningConfigError, PruningError, VBPConfig
 from hf_sparsify.adapters import CONV_CHANNEL, MLP_NEURON, StructureGroup, UnsupportedModelError, get_adapter
 from hf_sparsify.data import CalibrationDataError
-from hf_sparsify.methods.vbp.pruner import shrink_mlp
+from hf_sparsify.methods.vbp.pruner import group_output_scale, shrink_mlp
 from hf_sparsify.methods.vbp.selection import normalize_scores
 from hf_sparsify.observers import collect_activation_moments
 from tests.conftest import make_tiny_model, tiny_batches, tiny_pixel_values
@@ -133,15 +133,16 @@ def test_compensation_preserves_the_mean_output_over_the_calibration_data(family
         assert shift > 1e-4 and shift > 50 * (mean - dense.mean(0)).abs().max()  # without the fold the mean moves
 
 
-def test_global_allocation_is_one_threshold_on_normalised_variances():
+@pytest.mark.parametrize("normalization", ["output", "mean"])
+def test_global_allocation_is_one_threshold_on_normalised_variances(normalization):
     model = make_tiny_model("vit", num_hidden_layers=3, intermediate_size=48)
     batches = tiny_batches(model, 3)
     groups = groups_of(model)
     moments = collect_activation_moments(model, {g.name: g.observe for g in groups}, batches)
-    pruned = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.4, round_to=1, min_neurons_per_layer=0), batches)
+    pruned = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.4, round_to=1, min_neurons_per_layer=0, global_normalization=normalization), batches)
     kept_scores, removed_scores = [], []
     for g in groups:
-        scores = normalize_scores(moments[g.name].variance, "mean")
+        scores = normalize_scores(moments[g.name].variance, normalization, group_output_scale(model, g))
         fc1 = pruned.get_submodule(g.producers[0])
         kept = [i for i in range(g.num_units) if any(torch.equal(model.get_submodule(g.producers[0]).weight[i], row) for row in fc1.weight)]
         mask = torch.zeros(g.num_units, dtype=torch.bool)
