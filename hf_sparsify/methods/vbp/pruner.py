@@ -196,7 +196,11 @@ class VBPPruner(Pruner):
             result.info["per_layer_ratio"] = ratio
         else:
             scores = [
-                normalize_scores(moments[g.name].variance, config.global_normalization, group_output_scale(model, g))
+                normalize_scores(
+                    moments[g.name].variance,
+                    config.global_normalization,
+                    group_output_scale(model, g) if config.global_normalization == "output" else None,
+                )
                 for g in groups
             ]
             widths = plan_global(scores, unit_costs, target, round_to, min_keep)
