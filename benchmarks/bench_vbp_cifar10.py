@@ -3,6 +3,7 @@
 For each MACs reduction (20/35/50% by default), with and without the mean-shift compensation, it compares
   * VBP with a global threshold under each per-layer normalisation of the variances (mean, max, none),
   * VBP with per_layer allocation,
+  * the default VBP with the paper's fold (the all-token mean in every block, ``compensation_tokens="all"``),
   * the widths of VBP with the default normalisation, the neurons chosen by the L1 norm of their fc1 row
     (weight magnitude) instead of their variance.
 Metrics: top-1, cross-entropy, top-1 agreement with the dense model, KL(dense || pruned).
@@ -106,6 +107,8 @@ def main() -> None:
     default = hf_sparsify.VBPConfig(pruning_ratio=0.5).global_normalization
     settings = {f"vbp global ({n} norm.)": dict(global_normalization=n) for n in args.normalizations.split(",")}
     settings["vbp per_layer"] = dict(allocation="per_layer")
+    # the paper's fold (the all-token mean in every block) beside the default head-token fold of the last block
+    settings[f"vbp global ({default} norm.), all-token fold"] = dict(global_normalization=default, compensation_tokens="all")
     for seed in [int(s) for s in args.seeds.split(",")]:
         indices = random_indices(len(train), args.num_calibration, seed)
         calibration = preprocess(train, processor, indices, batch_size=128)
@@ -113,7 +116,7 @@ def main() -> None:
         moments = collect_activation_moments(model, {g.name: g.observe for g in groups}, calibration, disable_tqdm=True)
         for target in [float(t) for t in args.targets.split(",")]:
             for name, extra in settings.items():
-                for compensation in (True, False):
+                for compensation in (True, False) if "compensation_tokens" not in extra else (True,):
                     pruned = hf_sparsify.prune(
                         model, hf_sparsify.VBPConfig(target_macs_reduction=target, compensation=compensation, **extra), calibration, disable_tqdm=True
                     )

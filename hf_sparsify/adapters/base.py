@@ -148,6 +148,12 @@ class ModelAdapter:
         """The model's repeated blocks (transformer layers, ConvNeXt layers) as ``(name, module)``."""
         return []
 
+    def head_tokens(self) -> slice | None:
+        """The tokens of the last block's output that the model's output depends on, when it reads only some of
+        them (a ViT classifier reads the CLS token); ``None`` when every token or position reaches the output
+        (bare backbones, ConvNeXt's pooling, DINOv2's CLS + patch-mean head). VBP's last-block compensation uses it."""
+        return None
+
     # -- shared helpers -----------------------------------------------------------------------------------
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)

@@ -163,12 +163,24 @@ class ViTAdapter(TransformerAdapter):
     description = "ViT: ViTModel, ViTForImageClassification"
     spec = TransformerSpec(layers="layers")
 
+    def head_tokens(self) -> slice | None:
+        from transformers import ViTForImageClassification
+
+        return slice(0, 1) if isinstance(self.model, ViTForImageClassification) else None  # the classifier reads CLS
+
 
 class DeiTAdapter(TransformerAdapter):
     family = "deit"
     model_types = ("deit",)
     description = "DeiT: DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher"
     spec = TransformerSpec(layers="layers")
+
+    def head_tokens(self) -> slice | None:
+        from transformers import DeiTForImageClassification, DeiTForImageClassificationWithTeacher
+
+        if isinstance(self.model, DeiTForImageClassificationWithTeacher):
+            return slice(0, 2)  # CLS and distillation tokens, one head each
+        return slice(0, 1) if isinstance(self.model, DeiTForImageClassification) else None
 
 
 class Dinov2Adapter(TransformerAdapter):

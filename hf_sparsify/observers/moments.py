@@ -141,16 +141,20 @@ class MomentObserver:
 
     Args:
         model: the model.
-        modules: ``{key: module name}``; each module's first input ``(..., units)`` is observed.
+        modules: ``{key: module name}``; each module's first input ``(..., units)`` is observed. A value
+            ``(module name, tokens)`` observes only the tokens ``tokens`` (a slice of the second-to-last axis of a
+            ``(batch, tokens, units)`` input, e.g. ``slice(0, 1)`` for the CLS token); one module may be observed
+            under several keys.
 
     Use as a context manager (hooks are removed on exit); call :meth:`start_sample` with each batch's image
     count so that ``num_samples`` is known. Non-finite values are counted, not raised from inside the forward
     pass (so that every process reaches the cross-process check); :meth:`check_finite` raises.
     """
 
-    def __init__(self, model: nn.Module, modules: Mapping[str, str]):
+    def __init__(self, model: nn.Module, modules: Mapping[str, str | tuple[str, slice]]):
         self.model = model
-        self.modules = dict(modules)
+        self.modules = {key: value if isinstance(value, str) else value[0] for key, value in modules.items()}
+        self.tokens = {key: None if isinstance(value, str) else value[1] for key, value in modules.items()}
         self.moments: dict[str, Moments] = {}
         self.nonfinite: dict[str, int] = {key: 0 for key in self.modules}
         self._handles: list = []
@@ -168,8 +172,14 @@ class MomentObserver:
         self._handles.clear()
 
     def _hook(self, key: str):
+        tokens = self.tokens[key]
+
         def hook(module, inputs):
             values = inputs[0].detach()
+            if tokens is not None:
+                if values.dim() != 3:
+                    raise ValueError(f"observing tokens {tokens} of {self.modules[key]} needs a (batch, tokens, units) input, got {tuple(values.shape)}")
+                values = values[:, tokens]
             finite = torch.isfinite(values)
             if not bool(finite.all()):
                 self.nonfinite[key] += int((~finite).sum())
@@ -222,15 +232,16 @@ class MomentObserver:
 @torch.no_grad()
 def collect_activation_moments(
     model: nn.Module,
-    modules: Mapping[str, str],
+    modules: Mapping[str, str | tuple[str, slice]],
     batches: Iterable[dict[str, torch.Tensor]],
     *,
     device: torch.device | str | None = None,
     disable_tqdm: bool = False,
     state=None,
 ) -> dict[str, Moments]:
-    """One pass over ``batches`` with hooks on ``modules`` (``{key: module name}``); returns ``{key: Moments}``
-    of each module's input, pooled over every dimension but the last.
+    """One pass over ``batches`` with hooks on ``modules`` (``{key: module name}``, or ``{key: (module name,
+    tokens)}`` to observe some tokens only); returns ``{key: Moments}`` of each module's input, pooled over every
+    dimension but the last.
 
     Under ``accelerate launch`` each process forwards its own share of the batches (round robin) and the
     moments are merged exactly, so every process returns the moments of all batches.

@@ -122,6 +122,20 @@ def test_observer_pools_post_activation_values_over_batch_and_positions(family):
     torch.testing.assert_close(moments.variance, ref_var, rtol=1e-4, atol=1e-6)
 
 
+def test_observer_of_some_tokens_only():
+    """``(module, slice)`` observes those tokens only; the same module may be observed twice."""
+    model = make_tiny_model("vit")
+    batches = tiny_batches(model, num_batches=2, batch=3)
+    group = get_adapter(model).structure_groups([MLP_NEURON])[0]
+    moments = collect_activation_moments(model, {"all": group.observe, "cls": (group.observe, slice(0, 1))}, batches)
+    hidden = torch.cat([_manual_hidden(model, "vit", b["pixel_values"])[1] for b in batches])  # (6, tokens, units)
+    assert moments["cls"].count == moments["cls"].num_samples == 6
+    assert moments["all"].count == hidden.shape[0] * hidden.shape[1]
+    ref_mean, ref_var = two_pass_reference(hidden[:, 0])
+    torch.testing.assert_close(moments["cls"].mean, ref_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(moments["cls"].variance, ref_var, rtol=1e-4, atol=1e-6)
+
+
 def test_hooks_are_removed_after_collection():
     model = make_tiny_model("vit")
     group = get_adapter(model).structure_groups([MLP_NEURON])[0]

@@ -9,6 +9,7 @@ from ...configuration import PruningConfig, PruningConfigError
 
 ALLOCATIONS = ("global", "per_layer")
 GLOBAL_NORMALIZATIONS = ("mean", "max", "none", "output")
+COMPENSATION_TOKENS = ("head", "all")
 
 
 @dataclass(kw_only=True)
@@ -36,6 +37,11 @@ class VBPConfig(PruningConfig):
         compensation: fold ``W2[:, removed] · mean[removed]`` into the consumer's bias (the VBP mean shift).
             ``False`` just removes the neurons (the baseline). ConvNeXtV2's GRN makes the fold inexact, so
             ConvNeXtV2 needs ``compensation=False``.
+        compensation_tokens: which tokens' mean is folded in the model's **last** block. ``"head"`` (default): the
+            tokens the task head reads, when it reads only some (the CLS token of ViT/DeiT classifiers, CLS and
+            distillation tokens of DeiT with teacher), since the last block's output reaches the logits only
+            through them; elsewhere, and for models whose output uses every token or position, the mean over all
+            tokens. ``"all"``: the mean over all tokens in every block (the paper's fold).
         min_neurons_per_layer: every pruned MLP keeps at least this many neurons (rounded up to ``round_to``);
             ``0`` allows removing a whole MLP (its output becomes the constant folded bias).
         round_to: kept widths are multiples of this (fast kernels like multiples of 8); a layer may also stay
@@ -62,6 +68,7 @@ class VBPConfig(PruningConfig):
     allocation: str = "global"
     global_normalization: str = "output"
     compensation: bool = True
+    compensation_tokens: str = "head"
     min_neurons_per_layer: int = 1
     round_to: int = 8
 
@@ -87,6 +94,7 @@ class VBPConfig(PruningConfig):
             )
         self._check_choice("allocation", self.allocation, ALLOCATIONS)
         self._check_choice("global_normalization", self.global_normalization, GLOBAL_NORMALIZATIONS)
+        self._check_choice("compensation_tokens", self.compensation_tokens, COMPENSATION_TOKENS)
         if self.min_neurons_per_layer < 0:
             raise PruningConfigError(f"min_neurons_per_layer must be ≥ 0, got {self.min_neurons_per_layer} (0 allows removing a whole MLP).")
         if self.round_to < 1:

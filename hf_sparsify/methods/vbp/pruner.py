@@ -41,6 +41,8 @@ __all__ = ["VBPPruner", "group_output_scale", "mlp_groups", "shrink_mlp", "unit_
 
 logger = get_logger(__name__)
 
+HEAD_KEY = "__head_tokens__"  # moments key of the last block's MLP over the tokens the head reads
+
 
 def mlp_groups(adapter, targets: list[str] | None = None, ignore: list[str] | None = None) -> list[StructureGroup]:
     """The MLP hidden-neuron groups VBP prunes (ConvNeXt block channels included), filtered by ``targets`` /
@@ -123,14 +125,19 @@ class VBPPruner(Pruner):
         if calibration is None:
             raise CalibrationDataError("VBP reads calibration data: pass calibration_data= to prune().")
 
+        observed = {g.name: g.observe for g in groups}
+        head_fold = self._head_fold_group(adapter, groups)
+        if head_fold is not None:  # the last block's mean over the tokens the head reads, in the same pass
+            observed[HEAD_KEY] = (head_fold.observe, adapter.head_tokens())
         with result.timed("statistics"):
             try:
-                moments = collect_activation_moments(
-                    model, {g.name: g.observe for g in groups}, calibration, device=device, disable_tqdm=disable_tqdm
-                )
+                moments = collect_activation_moments(model, observed, calibration, device=device, disable_tqdm=disable_tqdm)
             except NonFiniteActivationError as err:
                 raise PruningError(f"VBP cannot estimate activation statistics: {err}") from None
         _check_enough_data(moments, groups)
+        fold_means = {g.name: moments[g.name].mean for g in groups}
+        if head_fold is not None:
+            fold_means[head_fold.name] = moments[HEAD_KEY].mean
 
         with result.timed("selection"):
             queries = _query_modules(adapter)
@@ -150,7 +157,7 @@ class VBPPruner(Pruner):
                 removed[keep] = False
                 w2 = model.get_submodule(group.consumers[0]).weight.detach().double().cpu()
                 error = float((w2[:, removed].square().sum(0) * variance[removed]).sum())
-                shrink_mlp(model, group, keep, m.mean if config.compensation else None)
+                shrink_mlp(model, group, keep, fold_means[group.name] if config.compensation else None)
                 result.layers[group.name] = {
                     "width": group.num_units,
                     "dense_width": dense,
@@ -167,6 +174,7 @@ class VBPPruner(Pruner):
                 "allocation": config.allocation,
                 "global_normalization": config.global_normalization if config.allocation == "global" else None,
                 "compensation": config.compensation,
+                "compensation_head_tokens": head_fold.name if head_fold is not None else None,
                 "num_calibration_samples": moments[groups[0].name].num_samples,
                 "values_per_neuron": moments[groups[0].name].count,
                 "num_processes": distributed_state().num_processes,
@@ -177,6 +185,14 @@ class VBPPruner(Pruner):
             }
         )
         return result
+
+    def _head_fold_group(self, adapter, groups) -> StructureGroup | None:
+        """The pruned MLP of the model's last block when its fold should use the head's tokens, else None."""
+        config: VBPConfig = self.config
+        if not config.compensation or config.compensation_tokens != "head" or adapter.head_tokens() is None:
+            return None
+        last_block = len(adapter.blocks()) - 1
+        return next((g for g in groups if g.block_index == last_block), None)
 
     # ------------------------------------------------------------------------------------------- planning
 

@@ -122,7 +122,7 @@ def test_compensation_preserves_the_mean_output_over_the_calibration_data(family
     config = dict(pruning_ratio=0.5, targets=[re.escape(last.name) + "$"])
     dense_mlp = _pooled_outputs(model, last.consumers[0], batches)
     dense_block = _pooled_outputs(model, block, batches)
-    compensated = hf_sparsify.prune(model, VBPConfig(**config), batches)
+    compensated = hf_sparsify.prune(model, VBPConfig(**config, compensation_tokens="all"), batches)
     plain = hf_sparsify.prune(model, VBPConfig(**config, compensation=False), batches)
     assert compensated.get_submodule(last.producers[0]).out_features < model.get_submodule(last.producers[0]).out_features
     # the MLP's output and the residual stream after the pruned block keep their mean (LayerScale included)
@@ -131,6 +131,63 @@ def test_compensation_preserves_the_mean_output_over_the_calibration_data(family
         torch.testing.assert_close(mean, dense.mean(0), rtol=0, atol=2e-6)
         shift = (_pooled_outputs(plain, name, batches).mean(0) - dense.mean(0)).abs().max()
         assert shift > 1e-4 and shift > 50 * (mean - dense.mean(0)).abs().max()  # without the fold the mean moves
+
+
+def _head_token_outputs(model, module_name, batches, tokens: slice):
+    outs = []
+    handle = model.get_submodule(module_name).register_forward_hook(lambda m, i, o: outs.append(o[:, tokens].detach().reshape(-1, o.shape[-1]).double()))
+    with torch.no_grad():
+        for batch in batches:
+            model(pixel_values=batch["pixel_values"])
+    handle.remove()
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("family, tokens", [("vit", slice(0, 1)), ("deit", slice(0, 1)), ("deit_teacher", slice(0, 2))])
+def test_last_block_fold_preserves_the_mean_of_the_tokens_the_head_reads(family, tokens):
+    """Default ``compensation_tokens="head"``: the last block's fold keeps the mean of its output over the tokens the
+    classifier reads (CLS; CLS + distillation for DeiT with teacher); earlier blocks keep the all-token mean."""
+    model = make_tiny_model(family)
+    assert get_adapter(model).head_tokens() == tokens
+    batches = tiny_batches(model, 3)
+    first, last = groups_of(model)[0], groups_of(model)[-1]
+    only_last = dict(pruning_ratio=0.5, round_to=1, targets=[re.escape(last.name) + "$"])  # its inputs stay dense
+    dense = _head_token_outputs(model, last.consumers[0], batches, tokens).mean(0)
+    head = hf_sparsify.prune(model, VBPConfig(**only_last), batches)
+    assert head.pruning_result.info["compensation_head_tokens"] == last.name
+    torch.testing.assert_close(_head_token_outputs(head, last.consumers[0], batches, tokens).mean(0), dense, rtol=0, atol=2e-6)
+    # the all-token fold moves the head tokens' mean of the last block
+    paper = hf_sparsify.prune(model, VBPConfig(**only_last, compensation_tokens="all"), batches)
+    assert (_head_token_outputs(paper, last.consumers[0], batches, tokens).mean(0) - dense).abs().max() > 1e-4
+    # every block pruned: earlier blocks fold the all-token mean (their output reaches every token) ...
+    pruned = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, round_to=1), batches)
+    paper = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, round_to=1, compensation_tokens="all"), batches)
+    for m in (pruned, paper):
+        torch.testing.assert_close(
+            _pooled_outputs(m, first.consumers[0], batches).mean(0), _pooled_outputs(model, first.consumers[0], batches).mean(0), rtol=0, atol=2e-6
+        )
+    # ... and the same neurons are kept either way: only the folded bias of the last block differs
+    for name, param in pruned.named_parameters():
+        if not name.startswith(last.consumers[0] + ".bias"):
+            torch.testing.assert_close(param, paper.get_parameter(name), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["dinov2", "convnext"])
+def test_models_whose_output_reads_every_token_fold_the_all_token_mean(family):
+    model = make_tiny_model(family)
+    assert get_adapter(model).head_tokens() is None
+    batches = tiny_batches(model, 2)
+    head = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5), batches)
+    paper = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, compensation_tokens="all"), batches)
+    assert head.pruning_result.info["compensation_head_tokens"] is None
+    for name, param in head.named_parameters():
+        torch.testing.assert_close(param, paper.get_parameter(name), rtol=0, atol=0)
+
+
+def test_bare_backbone_has_no_head_tokens():
+    from transformers import ViTConfig, ViTModel
+
+    assert get_adapter(ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4))).head_tokens() is None
 
 
 @pytest.mark.parametrize("normalization", ["output", "mean"])
@@ -260,6 +317,7 @@ def test_convnextv2_without_compensation_prunes_grn_entries_too():
         (dict(pruning_ratio=0.5, round_to=0), "round_to"),
         (dict(pruning_ratio=0.5, min_neurons_per_layer=-1), "min_neurons_per_layer"),
         (dict(pruning_ratio=0.5, sparsity=0.5), "unknown key"),
+        (dict(pruning_ratio=0.5, compensation_tokens="cls"), "compensation_tokens"),
     ],
 )
 def test_config_errors(kwargs, match):
