@@ -35,32 +35,6 @@ from hf_sparsify.observers import collect_activation_moments  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-@torch.no_grad()
-def token_means(model, groups, batches) -> tuple[dict, dict]:
-    """Per MLP: the mean of fc2's input over the CLS token, and over the patch tokens."""
-    sums = {g.name: torch.zeros(g.num_units, dtype=torch.float64) for g in groups}
-    patch_sums = {g.name: torch.zeros(g.num_units, dtype=torch.float64) for g in groups}
-    counts = {"cls": 0, "patch": 0}
-
-    def hook_for(name):
-        def hook(module, inputs):
-            x = inputs[0].double()
-            sums[name] += x[:, 0].sum(0)
-            patch_sums[name] += x[:, 1:].sum((0, 1))
-
-        return hook
-
-    hooks = [model.get_submodule(g.consumers[0]).register_forward_pre_hook(hook_for(g.name)) for g in groups]
-    for batch in batches:
-        model(pixel_values=batch["pixel_values"])
-        counts["cls"] += batch["pixel_values"].shape[0]
-    for h in hooks:
-        h.remove()
-    num_patches = (model.config.image_size // model.config.patch_size) ** 2
-    counts["patch"] = counts["cls"] * num_patches
-    return {k: v / counts["cls"] for k, v in sums.items()}, {k: v / counts["patch"] for k, v in patch_sums.items()}
-
-
 def main() -> None:
     transformers.logging.set_verbosity_error()
     model_dir = SHARED / "models" / "vit-tiny-cifar10"
@@ -72,8 +46,12 @@ def main() -> None:
     labels = torch.cat([b["labels"] for b in evaluation])
     calibration = preprocess(train, processor, random_indices(len(train), 1024, 0), batch_size=128)
     groups = mlp_groups(get_adapter(model))
-    moments = collect_activation_moments(model, {g.name: g.observe for g in groups}, calibration, disable_tqdm=True)
-    cls_mean, patch_mean = token_means(model, groups, calibration)
+    observed = {g.name: g.observe for g in groups}
+    observed.update({("cls", g.name): (g.observe, slice(0, 1)) for g in groups})
+    observed.update({("patch", g.name): (g.observe, slice(1, None)) for g in groups})
+    moments = collect_activation_moments(model, observed, calibration, disable_tqdm=True)
+    cls_mean = {g.name: moments[("cls", g.name)].mean for g in groups}
+    patch_mean = {g.name: moments[("patch", g.name)].mean for g in groups}
     all_mean = {g.name: moments[g.name].mean for g in groups}
     last = groups[-1].name
 

@@ -36,6 +36,8 @@ _IMAGE_COLUMNS = ("image", "img", "pixel_values", "images", "picture")
 _LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target")
 
 
+_SPLIT_HINT = "choose one (split= in Python, --split or --calibration-split on the command line)."
+
 class CalibrationDataError(ValueError):
     """Calibration or evaluation data is empty, mis-shaped, or lacks what the method needs."""
 
@@ -62,7 +64,7 @@ def load_image_dataset(source: str | os.PathLike, split: str = "train"):
         if parquet:
             files = {p.stem.split("-")[0]: str(p) for p in parquet}
             if split not in files:
-                raise CalibrationDataError(f"{path} has parquet splits {sorted(files)}, not {split!r}: choose one (split= in Python, --split or --calibration-split on the command line).")
+                raise CalibrationDataError(f"{path} has parquet splits {sorted(files)}, not {split!r}: {_SPLIT_HINT}")
             return datasets.load_dataset("parquet", data_files={split: files[split]}, split=split)
         if not any(path.iterdir()):
             raise CalibrationDataError(f"{path} is an empty folder: it holds no images or data files.")
@@ -89,7 +91,7 @@ def _pick_split(loaded, split: str, where: str):
 
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise CalibrationDataError(f"{where} has splits {list(loaded)}, not {split!r}: choose one (split= in Python, --split or --calibration-split on the command line).")
+            raise CalibrationDataError(f"{where} has splits {list(loaded)}, not {split!r}: {_SPLIT_HINT}")
         return loaded[split]
     return loaded
 
