@@ -106,7 +106,7 @@ def evaluate(model, dataset: CifarTensors, device, batch_size: int = 1000) -> di
 # ------------------------------------------------------------------------------------------------ pruning
 def pruning_config(args) -> PruningConfig:
     entry = hf_sparsify.configuration.get_method(args.method)
-    fields = {"method": args.method, entry.config_class.sparsity_field: args.sparsity, "seed": args.seed,
+    fields = {"method": args.method, entry.config_class.target_field: args.sparsity, "seed": args.seed,
               "calibration_batch_size": args.calibration_batch_size}
     if args.method in ("cap", "woodfisher", "fastcap"):
         fields["num_grads"] = args.num_grads

@@ -2,59 +2,90 @@
 
 ```python
 >>> import hf_sparsify
->>> from transformers import AutoModelForImageClassification
->>> model = AutoModelForImageClassification.from_pretrained("google/vit-base-patch16-224")
->>> pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5))
->>> print(hf_sparsify.sparsity_report(pruned))
->>> pruned.save_pretrained("vit-base-50")
+>>> pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5))   # a transformers ViT, DeiT...
+>>> round(hf_sparsify.sparsity_report(pruned).sparsity, 2)
+0.5
+>>> pruned.save_pretrained(tmp_dir)                  # reloads with AutoSparseModelForImageClassification
 ```
+
+The public names are imported on first use (as transformers does), so ``import hf_sparsify`` and the
+``hf-sparsify`` command start without importing torch's training stack.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .adapters import get_adapter, supported_model_types  # noqa: E402
-from .api import prune  # noqa: E402
-from .configuration import PruningConfig, PruningConfigError, available_methods, register_method  # noqa: E402
-from .data import CalibrationData, CalibrationDataError, load_image_dataset  # noqa: E402
-from .hub import HubPushError, ModelCardTemplateError, build_model_card, push_to_hub  # noqa: E402
-from .io import save_pretrained  # noqa: E402
-from .methods import CAPConfig, FastCAPConfig, MagnitudeConfig, Pruner, PruningError, PruningResult, VBPConfig, WoodFisherConfig  # noqa: E402
-from .modeling import AutoSparseModel, AutoSparseModelForImageClassification, SparseCheckpointError  # noqa: E402
-from .report import SparsityReport, sparsity_report  # noqa: E402
-from .trainer import DistillationConfig, PruningSchedule, PruningScheduleError, SparseTrainer  # noqa: E402
+# public name -> module that defines it (relative to this package)
+_LAZY: dict[str, str] = {
+    "AutoSparseModel": ".modeling",
+    "AutoSparseModelForImageClassification": ".modeling",
+    "SparseCheckpointError": ".modeling",
+    "CAPConfig": ".methods.cap",
+    "FastCAPConfig": ".methods.cap",
+    "WoodFisherConfig": ".methods.cap",
+    "MagnitudeConfig": ".methods.magnitude",
+    "VBPConfig": ".methods.vbp",
+    "CalibrationData": ".data",
+    "CalibrationDataError": ".data",
+    "load_image_dataset": ".data",
+    "DistillationConfig": ".trainer",
+    "PruningSchedule": ".trainer",
+    "PruningScheduleError": ".trainer",
+    "SparseTrainer": ".trainer",
+    "HfSparsifyError": ".errors",
+    "HubPushError": ".hub",
+    "ModelCardTemplateError": ".hub",
+    "build_model_card": ".hub",
+    "push_to_hub": ".hub",
+    "Pruner": ".methods.base",
+    "PruningError": ".methods.base",
+    "PruningResult": ".methods.base",
+    "PruningConfig": ".configuration",
+    "PruningConfigError": ".configuration",
+    "available_methods": ".configuration",
+    "register_method": ".configuration",
+    "get_adapter": ".adapters",
+    "supported_model_types": ".adapters",
+    "UnsupportedModelError": ".adapters",
+    "prune": ".api",
+    "save_pretrained": ".io",
+    "SparsityReport": ".report",
+    "sparsity_report": ".report",
+}
 
-__all__ = [
-    "AutoSparseModel",
-    "AutoSparseModelForImageClassification",
-    "CAPConfig",
-    "CalibrationData",
-    "CalibrationDataError",
-    "DistillationConfig",
-    "FastCAPConfig",
-    "HubPushError",
-    "MagnitudeConfig",
-    "ModelCardTemplateError",
-    "Pruner",
-    "PruningConfig",
-    "PruningConfigError",
-    "PruningError",
-    "PruningResult",
-    "PruningSchedule",
-    "PruningScheduleError",
-    "SparseCheckpointError",
-    "SparseTrainer",
-    "SparsityReport",
-    "VBPConfig",
-    "WoodFisherConfig",
-    "__version__",
-    "available_methods",
-    "build_model_card",
-    "get_adapter",
-    "load_image_dataset",
-    "prune",
-    "push_to_hub",
-    "register_method",
-    "save_pretrained",
-    "sparsity_report",
-    "supported_model_types",
-]
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_sparsify' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .adapters import UnsupportedModelError, get_adapter, supported_model_types
+    from .api import prune
+    from .configuration import PruningConfig, PruningConfigError, available_methods, register_method
+    from .data import CalibrationData, CalibrationDataError, load_image_dataset
+    from .errors import HfSparsifyError
+    from .hub import HubPushError, ModelCardTemplateError, build_model_card, push_to_hub
+    from .modeling import SparseCheckpointError
+    from .methods.base import Pruner, PruningError, PruningResult
+    from .methods.cap import CAPConfig, FastCAPConfig, WoodFisherConfig
+    from .methods.magnitude import MagnitudeConfig
+    from .methods.vbp import VBPConfig
+    from .modeling import AutoSparseModel, AutoSparseModelForImageClassification
+    from .io import save_pretrained
+    from .report import SparsityReport, sparsity_report
+    from .trainer import DistillationConfig, PruningSchedule, PruningScheduleError, SparseTrainer

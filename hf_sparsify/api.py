@@ -24,7 +24,7 @@ logger = get_logger(__name__)
 
 def _record_dense_reference(model: nn.Module, adapter) -> None:
     """Before the first pruning, remember the dense model's MACs, parameters and widths (for reports/cards)."""
-    from .report import count_macs, _query_modules
+    from .report import _query_modules, count_macs
     from .surgery.shapes import dense_skeleton
 
     meta = get_metadata(model.config)
@@ -104,10 +104,11 @@ def prune(
             calibration_data,
             model=model,
             image_processor=image_processor,
-            batch_size=config.calibration_batch_size,
-            num_samples=pruner.num_calibration_samples(),
+            batch_size=config.effective_batch_size,
+            num_samples=config.calibration_images(),
             seed=config.seed,
-            needs_labels=pruner.needs_labels(),
+            needs_labels=config.needs_labels(),
+            missing_labels_message=config.missing_labels_message(),
             method=config.method,
         )
     elif calibration_data is not None:
@@ -131,7 +132,7 @@ def prune(
     meta = get_metadata(model.config)
     meta["method"] = config.method
     meta["version"] = __version__
-    if pruner.structured:
+    if pruner.changes_shapes:
         model.pruning_structured = True
         record_shapes(model)
     attach_pruning_state(model, config, result)

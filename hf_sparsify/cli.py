@@ -114,11 +114,11 @@ def _build_config(args) -> Any:
         config = None
     cls = entry.config_class
     if args.sparsity is not None:
-        overrides[cls.sparsity_field] = args.sparsity
+        overrides[cls.target_field] = args.sparsity
     if getattr(args, "target_macs_reduction", None) is not None:
         overrides["target_macs_reduction"] = args.target_macs_reduction
-        if args.sparsity is None and cls.sparsity_field in cls._field_names():
-            overrides[cls.sparsity_field] = None
+        if args.sparsity is None and cls.target_field in cls._field_names():
+            overrides[cls.target_field] = None
     if args.num_calibration_samples is not None:
         overrides["num_calibration_samples"] = args.num_calibration_samples
     if args.batch_size is not None:
@@ -194,6 +194,7 @@ def cmd_card(args) -> int:
 
 def cmd_evaluate(args) -> int:
     import hf_sparsify
+
     from .evaluation import evaluate_model
 
     model = _load_model(args.model)

@@ -1,17 +1,31 @@
-"""Pruning configuration objects, optimum-style.
+"""Pruning configuration objects, optimum-style, and the method registry.
 
 Every pruning method has one configuration class, a dataclass that validates itself on construction and
 serialises to ``pruning_config.json``. :class:`PruningConfig` is the base; :func:`register_method` joins a method
-(its configuration class and its pruner class) to the registry in one line, so that
-``PruningConfig.from_pretrained`` can dispatch on the ``method`` field.
+(its configuration class and its pruner class) to the registry in one line, in the method's own folder, so that
+``PruningConfig.from_pretrained``, :func:`hf_sparsify.prune`, the CLI, ``SparseTrainer``, saving, the model card
+and the demo find it. The registry never imports a method: the built-in ones are discovered as the sub-packages of
+``hf_sparsify.methods``, others join when their module is imported.
+
+What the rest of the package needs to know about a method is declared on its configuration class (and on its
+pruner class, see :class:`hf_sparsify.methods.base.Pruner`), never read from its fields by name:
+
+* ``target_field`` / ``target_interpolable``: the field ``--sparsity`` and pruning schedules set, and whether a
+  schedule may interpolate it (a sparsity may ramp; a speed-up target may not);
+* ``needs_labels()``, ``effective_batch_size``, ``calibration_images()``: what the calibration data must hold;
+* ``nm_pattern()``: the N:M pattern of the masks, if any (compressed saving, the card);
+* ``citation``, ``demo_settings``, ``quick_settings``: the card's BibTeX, the demo's settings, and a setting that
+  runs in seconds on a tiny model (contract tests, docstring examples);
+* every field carries ``metadata={"help": ...}``: the CLI's flags are generated from them.
 
 Example:
 
 ```python
 >>> from hf_sparsify import MagnitudeConfig, PruningConfig
 >>> config = MagnitudeConfig(sparsity=0.5, sparsity_distribution="global")
->>> config.save_pretrained("my_pruned_model")          # writes my_pruned_model/pruning_config.json
->>> PruningConfig.from_pretrained("my_pruned_model")   # -> MagnitudeConfig(sparsity=0.5, ...)
+>>> path = config.save_pretrained(tmp_dir)                 # writes tmp_dir/pruning_config.json
+>>> PruningConfig.from_pretrained(tmp_dir) == config       # dispatches on the "method" field
+True
 ```
 """
 
@@ -19,67 +33,144 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import json
 import os
+import pkgutil
 import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
+from .errors import HfSparsifyError
+
 __all__ = [
     "CONFIG_NAME",
+    "Citation",
+    "MethodEntry",
     "PruningConfig",
     "PruningConfigError",
-    "register_method",
-    "get_method",
     "available_methods",
+    "check_mask_structure",
+    "citation_of",
+    "get_method",
     "parse_nm",
+    "register_method",
 ]
 
 CONFIG_NAME = "pruning_config.json"
+#: the losses the gradient-based methods take (named in their error messages)
+LOSS_OPTIONS = (
+    "loss='labels' (cross-entropy of a classification head, needs labelled calibration data), "
+    "loss='features' (label-free: gradients of <v, features> with random Gaussian v, for backbones such as "
+    "Dinov2Model), or loss=<callable(model, batch) -> scalar tensor>"
+)
+#: the package whose sub-packages are the built-in methods (discovered, never imported by name)
+BUILTIN_METHODS_PACKAGE = "hf_sparsify.methods"
 
 
-class PruningConfigError(ValueError):
+class PruningConfigError(HfSparsifyError, ValueError):
     """A pruning configuration is invalid. The message says which field and how to fix it."""
 
 
 @dataclass(frozen=True)
-class MethodEntry:
-    """One row of the method registry."""
+class Citation:
+    """The paper behind a method: a display name for model cards and its BibTeX entry."""
 
-    name: str
-    config_class: type
-    pruner_class: type
+    title: str
+    bibtex: str
+
+
+class MethodEntry:
+    """One row of the method registry: a method's name, configuration class and pruner class.
+
+    The pruner class may be registered as ``"module:Class"`` (``".pruner:CAPPruner"``, relative to the config's
+    package): it is imported on first use, so that listing methods and their options (``hf-sparsify --help``)
+    does not import torch.
+    """
+
+    def __init__(self, name: str, config_class: type, pruner: "type | str"):
+        self.name, self.config_class, self._pruner = name, config_class, pruner
+
+    @property
+    def pruner_class(self) -> type:
+        if isinstance(self._pruner, str):
+            module_name, _, attribute = self._pruner.partition(":")
+            package = self.config_class.__module__.rpartition(".")[0]
+            self._pruner = getattr(importlib.import_module(module_name, package=package if module_name.startswith(".") else None), attribute)
+            _check_pruner(self.name, self.config_class, self._pruner)
+        return self._pruner
+
+    def __repr__(self) -> str:
+        return f"MethodEntry(name={self.name!r}, config_class={self.config_class.__name__})"
+
+
+def _check_pruner(name: str, config_class: type, pruner_class: type) -> None:
+    if not (isinstance(pruner_class, type) and callable(getattr(pruner_class, "prune", None)) and hasattr(pruner_class, "needs_calibration_data")):
+        raise TypeError(f"the pruner of method {name!r} ({pruner_class!r}) is not a hf_sparsify.methods.base.Pruner subclass")
+    if not issubclass(config_class, pruner_class.config_class):
+        raise TypeError(f"the pruner of method {name!r} ({pruner_class.__name__}) takes {pruner_class.config_class.__name__}, not {config_class.__name__}")
 
 
 _METHODS: dict[str, MethodEntry] = {}
+_BUILTINS_LOADED = False
 
 
-def register_method(name: str, config_class: type, pruner_class: type) -> None:
-    """Join a pruning method to the registry (one line per method, in the method's ``__init__.py``).
+def register_method(name: str, config_class: type, pruner_class: "type | str") -> None:
+    """Join a pruning method to the registry (one line, in the method's own ``__init__.py``).
 
     Args:
         name: the value of the ``method`` field in ``pruning_config.json`` and of ``--method`` on the CLI.
-        config_class: the method's :class:`PruningConfig` subclass.
-        pruner_class: the method's :class:`~hf_sparsify.methods.base.Pruner` subclass.
+        config_class: the method's :class:`PruningConfig` subclass; every field carries ``metadata={"help": ...}``.
+        pruner_class: the method's :class:`~hf_sparsify.methods.base.Pruner` subclass, or ``"module:Class"``
+            (relative to the config's package, e.g. ``".pruner:CAPPruner"``) to import it on first use.
+
+    Raises:
+        TypeError: the classes do not follow the contract (a field without help, a ``target_field`` that is no
+            field, a pruner that is not a ``Pruner``).
+        ValueError: the name is taken by another configuration class.
     """
     if not (isinstance(config_class, type) and issubclass(config_class, PruningConfig)):
         raise TypeError(f"{config_class!r} is not a PruningConfig subclass")
+    if not isinstance(pruner_class, str):
+        _check_pruner(name, config_class, pruner_class)
     if name in _METHODS and _METHODS[name].config_class is not config_class:
         raise ValueError(f"pruning method {name!r} is already registered by {_METHODS[name].config_class.__name__}")
+    undocumented = [f.name for f in dataclasses.fields(config_class) if f.init and not f.metadata.get("help")]
+    if undocumented:
+        raise TypeError(
+            f"{config_class.__name__} fields {undocumented} have no help: declare them as "
+            'field(default=..., metadata={"help": "..."}) (the CLI flags and docs are generated from it).'
+        )
+    if config_class.target_field not in config_class._field_names():
+        raise TypeError(f"{config_class.__name__}.target_field={config_class.target_field!r} is not one of its fields")
     config_class.method = name
     _METHODS[name] = MethodEntry(name, config_class, pruner_class)
 
 
 def _ensure_methods_loaded() -> None:
-    # The methods package registers every built-in method on import.
-    import hf_sparsify.methods  # noqa: F401
+    """Import every sub-package of :data:`BUILTIN_METHODS_PACKAGE`; each registers itself in its ``__init__``."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    package = importlib.import_module(BUILTIN_METHODS_PACKAGE)
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:
+            importlib.import_module(f"{BUILTIN_METHODS_PACKAGE}.{info.name}")
 
 
 def available_methods() -> list[str]:
-    """The names of all registered pruning methods."""
+    """The names of all registered pruning methods.
+
+    ```python
+    >>> import hf_sparsify
+    >>> {"cap", "magnitude", "vbp"} <= set(hf_sparsify.available_methods())
+    True
+    ```
+    """
     _ensure_methods_loaded()
     return sorted(_METHODS)
 
@@ -92,6 +183,15 @@ def get_method(name: str) -> MethodEntry:
             f"Unknown pruning method {name!r}.{_suggest(name, _METHODS)} Available methods: {', '.join(sorted(_METHODS))}."
         )
     return _METHODS[name]
+
+
+def citation_of(method: str | None) -> Citation | None:
+    """The citation a registered method declares (``None`` for an unknown or unregistered method)."""
+    if not method:
+        return None
+    _ensure_methods_loaded()
+    entry = _METHODS.get(method)
+    return entry.config_class.citation if entry is not None else None
 
 
 def _suggest(name: str, candidates) -> str:
@@ -109,6 +209,20 @@ def parse_nm(value: str) -> tuple[int, int]:
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
         raise PruningConfigError(f"mask_structure={value!r}: N:M needs 0 < N < M (N weights kept of every M), e.g. '2:4'.")
+    return n, m
+
+
+def check_mask_structure(mask_structure: str, sparsity: float) -> tuple[int, int] | None:
+    """Validate ``mask_structure`` against ``sparsity``; returns ``(N, M)``, or ``None`` for ``"unstructured"``."""
+    if mask_structure == "unstructured":
+        return None
+    n, m = parse_nm(mask_structure)
+    implied = 1 - n / m
+    if abs(sparsity - implied) > 1e-9:
+        raise PruningConfigError(
+            f"mask_structure={mask_structure!r} keeps {n} of every {m} weights, i.e. sparsity {implied:g}; "
+            f"sparsity={sparsity} cannot be reached with it. Set sparsity={implied:g} or use mask_structure='unstructured'."
+        )
     return n, m
 
 
@@ -151,31 +265,77 @@ def _describe(annotation: Any) -> str:
 class PruningConfig:
     """Base class of all pruning configurations.
 
-    Subclasses are keyword-only dataclasses; they validate in ``__post_init__`` (call ``super().__post_init__()``)
-    and join the registry with :func:`register_method`.
+    Subclasses are keyword-only dataclasses whose fields carry ``metadata={"help": ...}``; they validate in
+    ``__post_init__`` (call ``super().__post_init__()``) and join the registry with :func:`register_method`.
 
-    Attributes:
-        targets: regular expressions searched (``re.search``) in module names; a matching ``nn.Linear`` or
-            ``nn.Conv2d`` is pruned. ``None`` means the prunable layers the model's adapter declares (attention
-            projections, MLP layers, ConvNeXt pointwise and downsampling convs), never embeddings, norms,
-            LayerScale or the classifier. Give ``targets`` to prune other layers or an architecture that has no
-            adapter, e.g. ``targets=[r"\\.mlp\\.fc\\d$"]``.
-        ignore: regular expressions of module names to leave dense, applied after ``targets``.
-        num_calibration_samples: how many calibration images the method uses (drawn at random with ``seed``
-            from a dataset); ``None`` uses the method's default.
-        calibration_batch_size: batch size used to turn a dataset into calibration batches.
-        seed: seed of every random choice of the method (calibration subsets, random projections).
+    Class attributes a method declares (see the module docstring): ``target_field``, ``target_interpolable``,
+    ``citation``, ``demo_settings``, ``quick_settings``.
     """
 
     method: ClassVar[str] = ""
-    #: the field that the CLI's ``--sparsity`` sets (VBP: ``pruning_ratio``)
-    sparsity_field: ClassVar[str] = "sparsity"
+    #: the field that the CLI's ``--sparsity`` and pruning schedules set (VBP: ``pruning_ratio``)
+    target_field: ClassVar[str] = "sparsity"
+    #: whether a gradual schedule may ramp ``target_field`` from 0 to its final value (a speed-up target may not)
+    target_interpolable: ClassVar[bool] = True
+    #: the paper behind the method, cited by model cards
+    citation: ClassVar[Citation | None] = None
+    #: the settings ``hf-sparsify demo --method <name>`` runs on the bundled ViT (about a minute on 2 CPU cores)
+    demo_settings: ClassVar[dict[str, Any]] = {}
+    #: settings that run in seconds on a tiny model (contract tests, docstring examples)
+    quick_settings: ClassVar[dict[str, Any]] = {}
 
-    targets: list[str] | None = None
-    ignore: list[str] | None = None
-    num_calibration_samples: int | None = None
-    calibration_batch_size: int = 32
-    seed: int = 0
+    targets: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "regular expressions searched in module names; matching nn.Linear / nn.Conv2d layers are pruned. "
+            "Default: the prunable layers the model's adapter declares (attention projections, MLP layers, ConvNeXt "
+            "pointwise and downsampling convs); give targets to prune an architecture without an adapter."
+        },
+    )
+    ignore: list[str] | None = field(default=None, metadata={"help": "regular expressions of module names to leave dense (applied after targets)"})
+    num_calibration_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "calibration images the method reads (one pass), drawn at random with seed from a dataset; "
+            "default: the method's own number"
+        },
+    )
+    calibration_batch_size: int = field(default=32, metadata={"help": "images per calibration batch"})
+    seed: int = field(default=0, metadata={"help": "seed of every random choice (calibration subsets, random projections)"})
+
+    # ----------------------------------------------------------------------------------------- the contract
+    def needs_labels(self) -> bool:
+        """Whether the calibration data must carry labels (the method computes a supervised loss)."""
+        return False
+
+    def missing_labels_message(self) -> str:
+        """The error shown when :meth:`needs_labels` and the calibration data has no labels."""
+        return (
+            f"{self.method} needs a loss, so the calibration data must have labels: give a Dataset with a label column, "
+            "or batches with a 'labels' tensor."
+        )
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per calibration batch, as the method will read them (gradient methods: per gradient)."""
+        return self.calibration_batch_size
+
+    def calibration_images(self) -> int | None:
+        """Images the method reads in one pass over the calibration data (``None``: every image of the source)."""
+        return self.num_calibration_samples
+
+    def nm_pattern(self) -> tuple[int, int] | None:
+        """``(N, M)`` when the masks keep at most N of every M consecutive weights, else ``None``."""
+        return None
+
+    @property
+    def target(self) -> Any:
+        """The value of ``target_field`` (the sparsity, pruning ratio or speed-up this config asks for)."""
+        return getattr(self, self.target_field)
+
+    def with_target(self, value: Any) -> "PruningConfig":
+        """A validated copy with ``target_field`` set to ``value`` (what a pruning schedule's step runs)."""
+        return self.replace(**{self.target_field: value})
 
     # ----------------------------------------------------------------------------------------- construction
     def __new__(cls, *args, **kwargs):
@@ -317,11 +477,19 @@ class PruningConfig:
         return cls.from_dict(data)
 
     @classmethod
-    def from_pretrained(cls, source: "str | os.PathLike | dict[str, Any] | PruningConfig") -> "PruningConfig":
-        """Load a configuration from a directory holding ``pruning_config.json``, a JSON file, or a dict.
+    def from_pretrained(cls, source: "str | os.PathLike | dict[str, Any] | PruningConfig", **hub_kwargs) -> "PruningConfig":
+        """Load a configuration from a folder or a Hub repo holding ``pruning_config.json``, a JSON file, or a dict.
+
+        Args:
+            source: a local folder, a ``pruning_config.json`` file, a Hub model id (``"me/vit-cap-50"``), a dict or
+                a configuration.
+            **hub_kwargs: for a Hub id, passed to ``transformers.utils.cached_file`` (``revision``, ``token``,
+                ``cache_dir``, ``local_files_only``, ``subfolder``...).
 
         ```python
-        >>> config = PruningConfig.from_pretrained("my_pruned_model")  # a MagnitudeConfig, CAPConfig, ...
+        >>> hf_sparsify.MagnitudeConfig(sparsity=0.3).save_pretrained(tmp_dir)
+        >>> PruningConfig.from_pretrained(tmp_dir)        # or a Hub id: PruningConfig.from_pretrained("me/vit-cap-50")
+        MagnitudeConfig(targets=None, ignore=None, num_calibration_samples=None, calibration_batch_size=32, seed=0, sparsity=0.3, sparsity_distribution='uniform', mask_structure='unstructured')
         ```
         """
         if isinstance(source, PruningConfig):
@@ -330,7 +498,7 @@ class PruningConfig:
             return cls.from_dict(source)
         path = Path(source)
         if path.is_dir():
-            file = path / CONFIG_NAME
+            file = path / (hub_kwargs.get("subfolder") or "") / CONFIG_NAME
             if not file.is_file():
                 raise PruningConfigError(
                     f"{path} holds no {CONFIG_NAME}: it is not a model pruned by hf_sparsify, or the file was removed."
@@ -338,7 +506,18 @@ class PruningConfig:
             return cls.from_json_file(file)
         if path.is_file():
             return cls.from_json_file(path)
-        raise PruningConfigError(f"No pruning configuration at {path}: give a directory, a JSON file or a dict.")
+        if not _looks_like_repo_id(str(source)):
+            raise PruningConfigError(f"No pruning configuration at {path}: give a folder, a JSON file, a Hub model id or a dict.")
+        from transformers.utils import cached_file
+
+        try:
+            file = cached_file(str(source), CONFIG_NAME, **hub_kwargs)
+        except OSError as err:
+            raise PruningConfigError(
+                f"Could not get {CONFIG_NAME} of the Hub repo {source!r} ({err}). Check the id and your connection, or "
+                "give a local folder."
+            ) from None
+        return cls.from_json_file(file)
 
     # ----------------------------------------------------------------------------------------- conveniences
     def replace(self, **changes) -> "PruningConfig":
@@ -349,6 +528,11 @@ class PruningConfig:
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.init)
         return f"{type(self).__name__}({fields})"
+
+
+def _looks_like_repo_id(value: str) -> bool:
+    """``"name"`` or ``"namespace/name"`` in the Hub's alphabet, and not a path (``./x``, ``/x``, ``~/x``)."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", value) is not None
 
 
 def _jsonable(value):

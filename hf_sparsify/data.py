@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from .errors import HfSparsifyError
+
 __all__ = [
     "CalibrationData",
     "CalibrationDataError",
@@ -38,7 +40,7 @@ _LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target")
 
 _SPLIT_HINT = "choose one (split= in Python, --split or --calibration-split on the command line)."
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(HfSparsifyError, ValueError):
     """Calibration or evaluation data is empty, mis-shaped, or lacks what the method needs."""
 
 
@@ -250,6 +252,7 @@ class CalibrationData:
         seed: int = 0,
         needs_labels: bool = False,
         method: str = "this method",
+        missing_labels_message: str | None = None,
     ) -> "CalibrationData":
         """Normalise any supported calibration source. Raises :class:`CalibrationDataError` on empty or
         mis-shaped data and on missing labels when ``needs_labels``."""
@@ -257,7 +260,7 @@ class CalibrationData:
             data = source
         else:
             data = cls._build(source, model=model, image_processor=image_processor, batch_size=batch_size, num_samples=num_samples, seed=seed)
-        data._check(needs_labels=needs_labels, method=method)
+        data._check(needs_labels=needs_labels, method=method, missing_labels_message=missing_labels_message)
         return data
 
     @classmethod
@@ -313,7 +316,7 @@ class CalibrationData:
         # has_labels=None: read off the first batch in _check
         return cls(factory, num_samples=num_samples, has_labels=None, reiterable=reiterable, num_channels=num_channels)
 
-    def _check(self, *, needs_labels: bool, method: str) -> None:
+    def _check(self, *, needs_labels: bool, method: str, missing_labels_message: str | None = None) -> None:
         if self.has_labels is None:
             # peek at the first batch (a one-shot iterator keeps it for the first pass)
             iterator = self._factory(0)
@@ -326,7 +329,8 @@ class CalibrationData:
                 self._pending = (first, iterator)
         if needs_labels and not self.has_labels:
             raise CalibrationDataError(
-                f"{method} needs a loss, so the calibration data must have labels: give a Dataset with a label column, "
+                missing_labels_message
+                or f"{method} needs a loss, so the calibration data must have labels: give a Dataset with a label column, "
                 "or batches with a 'labels' tensor."
             )
 

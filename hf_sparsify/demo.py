@@ -13,33 +13,26 @@ from pathlib import Path
 
 from .assets import DEMO_MODEL_DIR, demo_dataset
 
-__all__ = ["run_demo", "DEMO_MARKER", "DEMO_SETTINGS"]
+__all__ = ["run_demo", "DEMO_MARKER", "DEFAULT_METHOD", "demo_methods"]
 
 DEMO_MARKER = ".hf_sparsify_demo"
-
-# Per method: the demo's configuration, small enough to run in about a minute on 2 CPU cores.
-DEMO_SETTINGS: dict[str, dict] = {
-    "cap": {"sparsity": 0.5, "fisher_block_size": 48, "num_grads": 128, "grad_batch_size": 8},
-    "magnitude": {"sparsity": 0.5, "sparsity_distribution": "global"},
-    "fastcap": {"sparsity": 0.5, "fisher_block_size": 48, "num_grads": 128, "grad_batch_size": 8},
-    "woodfisher": {"sparsity": 0.5, "fisher_block_size": 48, "num_grads": 128, "grad_batch_size": 8},
-    "vbp": {"pruning_ratio": 0.3},
-}
-# The default is the best method available: CAP (the bundled 1,000 calibration images give its 128 gradients of 8).
-PREFERRED_METHODS = ("cap", "magnitude")
+# The product's default: the most accurate one-shot method we measured (the bundled 1,000 calibration images give
+# its 128 gradients of 8). Each method's demo settings are declared on its config class (``demo_settings``).
+DEFAULT_METHOD = "cap"
 
 
-def _default_method() -> str:
-    from .configuration import available_methods
+def demo_methods() -> list[str]:
+    """The registered methods that declare demo settings."""
+    from .configuration import available_methods, get_method
 
-    methods = available_methods()
-    return next(m for m in PREFERRED_METHODS if m in methods)
+    return [m for m in available_methods() if get_method(m).config_class.demo_settings]
 
 
 def run_demo(method: str | None = None, sparsity: float | None = None, output: Path = Path("hf_sparsify_demo"), overwrite: bool = False, disable_tqdm: bool = False) -> dict:
     """Run the demo; returns the before/after figures printed in the table."""
-    import hf_sparsify
     from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    import hf_sparsify
 
     from .cli import check_output_dir, write_output
     from .configuration import get_method
@@ -47,13 +40,13 @@ def run_demo(method: str | None = None, sparsity: float | None = None, output: P
 
     output = Path(output)
     check_output_dir(output, overwrite, marker=DEMO_MARKER)
-    method = method or _default_method()
+    method = method or DEFAULT_METHOD
     entry = get_method(method)
-    settings = dict(DEMO_SETTINGS.get(method, {}))
+    settings = dict(entry.config_class.demo_settings)
     if sparsity is not None:
-        settings[entry.config_class.sparsity_field] = sparsity
-    elif entry.config_class.sparsity_field not in settings:
-        settings[entry.config_class.sparsity_field] = 0.5
+        settings[entry.config_class.target_field] = sparsity
+    elif entry.config_class.target_field not in settings:
+        settings[entry.config_class.target_field] = 0.5
     config = entry.config_class(**settings)
 
     model = AutoModelForImageClassification.from_pretrained(DEMO_MODEL_DIR)
@@ -92,6 +85,6 @@ def run_demo(method: str | None = None, sparsity: float | None = None, output: P
         print(f"  {r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}")
     print()
     print(f"Pruned in {seconds:.1f} s; accuracy on {before['num_samples']} evaluation images; saved to {output.resolve()}")
-    others = [m for m in DEMO_SETTINGS if m != method]
+    others = [m for m in demo_methods() if m != method]
     print(f"Try another method: hf-sparsify demo --method {others[0]}  (any of: {', '.join(others)})")
     return {"method": method, "before": before, "after": after, "sparsity": report.sparsity, "seconds": seconds, "output": str(output)}

@@ -26,6 +26,7 @@ import transformers
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .errors import HfSparsifyError
 from .io.save import SUMMARY_NAME, attach_pruning_state
 from .surgery.shapes import METADATA_KEY, apply_shapes, dense_config, is_structured
 
@@ -34,7 +35,7 @@ __all__ = ["AutoSparseModel", "AutoSparseModelForImageClassification", "SparseCh
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
-class SparseCheckpointError(RuntimeError):
+class SparseCheckpointError(HfSparsifyError, RuntimeError):
     """A pruned checkpoint does not match its recorded shapes (missing, unexpected or mis-shaped tensors)."""
 
 

@@ -153,14 +153,17 @@ def tiny_factory():
 
 
 # A test-only method that needs labelled calibration data: it records the mean loss it saw.
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 
 from hf_sparsify import Pruner, PruningConfig, PruningResult  # noqa: E402
 
 
 @dataclass(kw_only=True)
 class LossConfig(PruningConfig):
-    sparsity: float = 0.5
+    sparsity: float = field(default=0.5, metadata={"help": "unused"})
+
+    def needs_labels(self) -> bool:
+        return True
 
 
 class LossPruner(Pruner):
@@ -168,9 +171,6 @@ class LossPruner(Pruner):
 
     config_class = LossConfig
     needs_calibration_data = True
-
-    def needs_labels(self):
-        return True
 
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False):
         losses = [model(**batch).loss.item() for batch in calibration]

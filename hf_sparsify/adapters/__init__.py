@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import (
+    ADAPTERS,
     ATTENTION_HEAD,
     CONV_CHANNEL,
     MLP_NEURON,
@@ -21,12 +22,12 @@ from .base import (
     PrunableLayer,
     StructureGroup,
     UnsupportedModelError,
+    register_adapter,
+    supported_model_types,
 )
 from .convnext import ConvNextAdapter, ConvNextV2Adapter
 from .generic import GenericAdapter
 from .transformer import DeiTAdapter, Dinov2Adapter, TransformerAdapter, TransformerSpec, ViTAdapter
-
-ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, DeiTAdapter, Dinov2Adapter, ConvNextAdapter, ConvNextV2Adapter]
 
 __all__ = [
     "ADAPTERS",
@@ -50,16 +51,6 @@ __all__ = [
     "register_adapter",
     "supported_model_types",
 ]
-
-
-def register_adapter(adapter_class: type[ModelAdapter]) -> type[ModelAdapter]:
-    """Add an adapter for more model types (usable as a class decorator)."""
-    ADAPTERS.append(adapter_class)
-    return adapter_class
-
-
-def supported_model_types() -> list[str]:
-    return [t for adapter in ADAPTERS for t in adapter.model_types]
 
 
 def get_adapter(model: nn.Module, *, allow_generic: bool = False) -> ModelAdapter:

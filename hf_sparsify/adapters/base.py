@@ -19,7 +19,12 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from ..errors import HfSparsifyError
+
 __all__ = [
+    "ADAPTERS",
+    "register_adapter",
+    "supported_model_types",
     "PrunableLayer",
     "StructureGroup",
     "ModelAdapter",
@@ -37,7 +42,7 @@ ATTENTION_HEAD = "attention_head"
 CONV_CHANNEL = "conv_channel"
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(HfSparsifyError, ValueError):
     """The model's architecture has no adapter, or its modules are not where the adapter expects them."""
 
 
@@ -199,3 +204,19 @@ class ModelAdapter:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(family={self.family!r}, model={type(self.model).__name__})"
+
+
+#: the adapters of the known families, in the order they are tried (filled by :func:`register_adapter`)
+ADAPTERS: list[type[ModelAdapter]] = []
+
+
+def register_adapter(adapter_class: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Add an adapter for more model types (a class decorator, as the built-in adapters use it)."""
+    if adapter_class not in ADAPTERS:
+        ADAPTERS.append(adapter_class)
+    return adapter_class
+
+
+def supported_model_types() -> list[str]:
+    """The ``config.model_type`` values that have an adapter."""
+    return [t for adapter in ADAPTERS for t in adapter.model_types]

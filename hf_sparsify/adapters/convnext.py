@@ -12,9 +12,10 @@ from typing import Iterable
 
 from torch import nn
 
-from .base import CONV_CHANNEL, MLP_NEURON, ModelAdapter, PrunableLayer, StructureGroup, UnsupportedModelError
+from .base import CONV_CHANNEL, MLP_NEURON, ModelAdapter, PrunableLayer, StructureGroup, UnsupportedModelError, register_adapter
 
 
+@register_adapter
 class ConvNextAdapter(ModelAdapter):
     family = "convnext"
     model_types = ("convnext",)
@@ -102,6 +103,7 @@ class ConvNextAdapter(ModelAdapter):
         return groups
 
 
+@register_adapter
 class ConvNextV2Adapter(ConvNextAdapter):
     family = "convnextv2"
     model_types = ("convnextv2",)

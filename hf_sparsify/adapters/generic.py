@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import ModelAdapter, PrunableLayer, UnsupportedModelError
+from .base import ModelAdapter, PrunableLayer, UnsupportedModelError, supported_model_types
 
 
 class GenericAdapter(ModelAdapter):
@@ -15,8 +15,6 @@ class GenericAdapter(ModelAdapter):
         return []
 
     def prunable_layers(self) -> list[PrunableLayer]:
-        from . import supported_model_types
-
         raise UnsupportedModelError(
             f"hf_sparsify has no adapter for {type(self.model).__name__} "
             f"(model_type={getattr(getattr(self.model, 'config', None), 'model_type', None)!r}). "

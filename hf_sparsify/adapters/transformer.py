@@ -12,7 +12,7 @@ from typing import Iterable
 
 from torch import nn
 
-from .base import ATTENTION_HEAD, MLP_NEURON, ModelAdapter, PrunableLayer, StructureGroup, UnsupportedModelError
+from .base import ATTENTION_HEAD, MLP_NEURON, ModelAdapter, PrunableLayer, StructureGroup, UnsupportedModelError, register_adapter
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,7 @@ class TransformerAdapter(ModelAdapter):
         return groups
 
 
+@register_adapter
 class ViTAdapter(TransformerAdapter):
     family = "vit"
     model_types = ("vit",)
@@ -169,6 +170,7 @@ class ViTAdapter(TransformerAdapter):
         return slice(0, 1) if isinstance(self.model, ViTForImageClassification) else None  # the classifier reads CLS
 
 
+@register_adapter
 class DeiTAdapter(TransformerAdapter):
     family = "deit"
     model_types = ("deit",)
@@ -183,6 +185,7 @@ class DeiTAdapter(TransformerAdapter):
         return slice(0, 1) if isinstance(self.model, DeiTForImageClassification) else None
 
 
+@register_adapter
 class Dinov2Adapter(TransformerAdapter):
     family = "dinov2"
     model_types = ("dinov2", "dinov2_with_registers")

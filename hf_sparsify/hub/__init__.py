@@ -10,7 +10,6 @@ from .card import (
     render_sparsity_chart,
     write_model_card,
 )
-from .citations import get_citation, register_citation
 from .push import HubPushError, push_to_hub
 
 __all__ = [
@@ -20,10 +19,8 @@ __all__ = [
     "HubPushError",
     "ModelCardTemplateError",
     "build_model_card",
-    "get_citation",
     "is_generated_card",
     "push_to_hub",
-    "register_citation",
     "render_sparsity_chart",
     "write_model_card",
 ]

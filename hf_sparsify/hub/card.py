@@ -44,8 +44,8 @@ from typing import Any, Mapping, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..errors import HfSparsifyError
 from ..utils import get_logger
-from .citations import get_citation
 
 __all__ = [
     "CARD_NAME",
@@ -77,7 +77,7 @@ _METRICS_KEYS = {"dataset", "dataset_id", "split", "config", *METRIC_STAGES}
 _METADATA_KEYS = {"license", "license_name", "license_link", "base_model", "datasets", "tags", "language", "library_name", "pipeline_tag", "model_name"}
 
 
-class ModelCardTemplateError(ValueError):
+class ModelCardTemplateError(HfSparsifyError, ValueError):
     """A card template uses a field hf_sparsify does not provide, or cannot be read or parsed."""
 
 
@@ -486,7 +486,9 @@ def card_context(inputs: CardInputs, *, repo_id: str | None = None, chart: str |
     metrics = normalize_metrics(inputs.card.get("metrics"))
     speedups = normalize_speedups(inputs.card.get("speedups"))
     method = pruning.get("method") or meta.get("method") or (inputs.summary.get("pruning") or {}).get("method")
-    citation = get_citation(method)
+    from ..configuration import citation_of
+
+    citation = citation_of(method)
     method_title = citation.title if citation else (method or "an unknown method")
     base = overrides.get("base_model") or meta.get("base_model")
     base_display = base if base is None or _is_hub_id(base) else Path(str(base)).name

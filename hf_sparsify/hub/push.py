@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import HfSparsifyError
 from ..utils import get_logger
 from .card import CARD_NAME, CHART_NAME, is_generated_card, write_model_card
 
@@ -33,7 +34,7 @@ __all__ = ["push_to_hub", "HubPushError"]
 logger = get_logger(__name__)
 
 
-class HubPushError(RuntimeError):
+class HubPushError(HfSparsifyError, RuntimeError):
     """An upload to the Hub failed. Nothing was committed by the failed call and no local file was changed."""
 
 

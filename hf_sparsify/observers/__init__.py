@@ -3,7 +3,7 @@
 layer timings (SPDY). Data parallelism (Accelerate) and the cross-process reductions live here, once for all."""
 
 from .distributed import all_reduce_sum, distributed_state, shard_batches
-from .moments import Moments, MomentObserver, NonFiniteActivationError, batch_moments, collect_activation_moments, merge_moments
+from .moments import MomentObserver, Moments, NonFiniteActivationError, batch_moments, collect_activation_moments, merge_moments
 
 __all__ = [
     "Moments",

@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..configuration import LOSS_OPTIONS
+from ..errors import HfSparsifyError
 from .distributed import all_reduce_sum, distributed_state, shard_batches
 
 __all__ = [
@@ -45,21 +47,15 @@ __all__ = [
     "FisherTarget",
     "FisherStatistics",
     "GradientError",
-    "LOSS_OPTIONS",
     "collect_fisher",
     "make_loss",
     "model_features",
     "resolve_block_size",
 ]
 
-LOSS_OPTIONS = (
-    "loss='labels' (cross-entropy of a classification head, needs labelled calibration data), "
-    "loss='features' (label-free: gradients of <v, features> with random Gaussian v, for backbones such as "
-    "Dinov2Model), or loss=<callable(model, batch) -> scalar tensor>"
-)
 
 
-class GradientError(RuntimeError):
+class GradientError(HfSparsifyError, RuntimeError):
     """Gradients could not be computed (no usable loss, non-finite values). The message says what to change."""
 
 

@@ -30,6 +30,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..errors import HfSparsifyError
 from ..utils import progress
 from .distributed import all_reduce_sum, distributed_state, shard_batches
 
@@ -46,7 +47,7 @@ __all__ = [
 _CHUNK_ELEMENTS = 1 << 22
 
 
-class NonFiniteActivationError(FloatingPointError):
+class NonFiniteActivationError(HfSparsifyError, FloatingPointError):
     """An observed activation holds NaN or inf (the message names the module)."""
 
 

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import HfSparsifyError
+
 __all__ = ["DistillationConfig", "DistillationError", "distillation_loss", "kd_loss", "check_teacher"]
 
 
-class DistillationError(ValueError):
+class DistillationError(HfSparsifyError, ValueError):
     """The teacher cannot teach this student (different label space) or the settings are invalid."""
 
 

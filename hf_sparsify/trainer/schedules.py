@@ -28,13 +28,15 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from ..errors import HfSparsifyError
+
 __all__ = ["PruningSchedule", "PruningScheduleError", "cyclic_linear_factor"]
 
 RAMPS = ("constant", "linear", "cubic", "segments")
 UNITS = ("steps", "epochs")
 
 
-class PruningScheduleError(ValueError):
+class PruningScheduleError(HfSparsifyError, ValueError):
     """A pruning schedule is invalid (goes backwards, passes 1.0, does not fit the training run)."""
 
 

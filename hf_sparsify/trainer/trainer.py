@@ -207,22 +207,24 @@ class SparseTrainer(Trainer):
         self.add_callback(_SparsityCallback(self))
 
     # ------------------------------------------------------------------------------------------ set-up checks
-    def _sparsity_field(self) -> str:
-        return type(self.pruning_config).sparsity_field
-
     def _config_at(self, sparsity: float | None) -> PruningConfig:
         if sparsity is None:
             return self.pruning_config
-        return self.pruning_config.replace(**{self._sparsity_field(): sparsity})
+        return self.pruning_config.with_target(sparsity)
 
     def _check_pruning_setup(self) -> None:
         config = self.pruning_config
         self._pruner = get_method(config.method).pruner_class(config)
-        final = getattr(config, self._sparsity_field(), None)
+        final = config.target
         self.schedule.check_final_sparsity(final)
+        if not config.target_interpolable and any(v is not None and v != final for _, v in self.schedule.points(final)):
+            raise PruningScheduleError(
+                f"{config.method}'s target {config.target_field}={final!r} cannot be ramped by a schedule (it is not a "
+                "sparsity): use PruningSchedule.one_shot(), or a schedule whose every step prunes to the final target."
+            )
         for _, sparsity in self.schedule.points(final):
             self._config_at(sparsity)  # the config validates itself: N:M vs sparsity, ranges
-        if self._pruner.structured:
+        if self._pruner.changes_shapes:
             if self.schedule.times() != [0]:
                 raise PruningScheduleError(
                     f"{config.method} removes structures (the model's shapes change), which cannot happen between "
@@ -248,7 +250,7 @@ class SparseTrainer(Trainer):
             if len(dataset) == 0:
                 raise CalibrationDataError("the calibration data (train_dataset) is empty.")
             # gradient methods (CAP, WoodFisher, FastCAP) check labels only when they run; ask their loss here
-            if self._pruner.needs_labels() or getattr(config, "loss", None) == "labels":
+            if config.needs_labels():
                 batch = self._collate(self._calibration_dataset(), [0])
                 if "labels" not in batch:
                     source = "calibration_dataset" if self.calibration_dataset is not None else "train_dataset"
@@ -293,8 +295,8 @@ class SparseTrainer(Trainer):
         seed = (self.args.data_seed if self.args.data_seed is not None else self.args.seed) + 10_007 * (index + 1)
         return _Calibration(
             self._calibration_dataset(),
-            num_samples=self._pruner.num_calibration_samples(),
-            batch_size=getattr(config, "grad_batch_size", None) or config.calibration_batch_size,
+            num_samples=config.calibration_images(),
+            batch_size=config.effective_batch_size,
             collate_fn=self._collator(),
             num_workers=self.args.dataloader_num_workers,
             seed=seed,
@@ -314,7 +316,7 @@ class SparseTrainer(Trainer):
     def _resolve_points(self, max_steps: int) -> list[tuple[int, float | None]]:
         if self.pruning_config is None:
             return []
-        final = getattr(self.pruning_config, self._sparsity_field(), None)
+        final = self.pruning_config.target
         points = self.schedule.resolve(self._steps_per_epoch, final)
         late = [step for step, _ in points if step >= max_steps]
         if late:
@@ -357,11 +359,11 @@ class SparseTrainer(Trainer):
         elif resume_from_checkpoint is False:
             resume_from_checkpoint = None
         self._resume_dir = str(resume_from_checkpoint) if resume_from_checkpoint is not None else None
-        if self._pruner is not None and self._pruner.structured:
+        if self._pruner is not None and self._pruner.changes_shapes:
             if self._resume_dir is not None:
                 self._reload_structured(self._resume_dir)
             elif not self.pruning_history:
-                self._points = [(0, self.schedule.points(getattr(self.pruning_config, self._sparsity_field(), None))[0][1])]
+                self._points = [(0, self.schedule.points(self.pruning_config.target)[0][1])]
                 self._prune_step(0)  # before the optimizer exists: shapes change
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
@@ -435,8 +437,7 @@ class SparseTrainer(Trainer):
 
         step, sparsity = self._points[index]
         config = self._config_at(sparsity)
-        field = self._sparsity_field()
-        target = getattr(config, field, None)
+        target = config.target
         total = len(self._points)
         desc = f"pruning step {index + 1}/{total} ({config.method}" + (f" → {target:.1%})" if isinstance(target, float) else ")")
         calibration = self._calibration(index, config, desc + ": calibration") if self._pruner.needs_calibration_data else None
@@ -449,7 +450,7 @@ class SparseTrainer(Trainer):
             prune(model, config, calibration, inplace=True, disable_tqdm=self._disable_bars())
         model.zero_grad(set_to_none=True)
         self._broadcast_from_main(model)
-        if not self._pruner.structured:
+        if not self._pruner.changes_shapes:
             self.masks.update_from_weights(_select_layer_names(model, config))
         else:
             self.masks = MaskState.from_weights(model, config=config)
@@ -459,7 +460,7 @@ class SparseTrainer(Trainer):
         record = {"step": self.state.global_step, "planned_step": step, "sparsity": target, "measured_sparsity": measured["global"], "seconds": round(seconds, 3)}
         self.pruning_history.append(record)
         logger.info(f"SparseTrainer: {desc} done in {seconds:.1f} s; measured sparsity {measured['global']:.2%}.")
-        if not self._pruner.structured or self.state.global_step > 0:
+        if not self._pruner.changes_shapes or self.state.global_step > 0:
             logs = {"sparsity": measured["global"], "pruning_steps": len(self.pruning_history), "pruning_time": seconds}
             if isinstance(target, float):
                 logs["sparsity_target"] = target

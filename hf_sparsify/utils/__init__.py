@@ -1,5 +1,6 @@
-"""Small shared helpers: progress bars and logging."""
+"""Small shared helpers: progress bars, logging, phase timing and the scratch-memory budget."""
 
 from .logging import get_logger, progress
+from .timing import PhaseTimer, workspace_bytes
 
-__all__ = ["get_logger", "progress"]
+__all__ = ["PhaseTimer", "get_logger", "progress", "workspace_bytes"]

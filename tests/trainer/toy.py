@@ -52,7 +52,7 @@ def weights(model, names):
 
 
 # ------------------------------------------------------------------------------------------------ a data-driven method
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 
 from hf_sparsify import PruningConfig  # noqa: E402
 from hf_sparsify.methods import Pruner, PruningResult  # noqa: E402
@@ -65,18 +65,20 @@ class TaylorConfig(PruningConfig):
     data-driven method that needs labels, for tests. ``noise`` adds rank-dependent noise to the scores, so that
     processes would disagree without SparseTrainer's broadcast."""
 
-    sparsity: float = 0.5
-    noise: float = 0.0
+    sparsity: float = field(default=0.5, metadata={"help": "fraction of the targeted weights removed"})
+    noise: float = field(default=0.0, metadata={"help": "relative rank-dependent noise added to the scores"})
+
+    def needs_labels(self) -> bool:
+        return True
+
+    def calibration_images(self) -> int:
+        return self.num_calibration_samples or 16
 
 
 class TaylorPruner(Pruner):
     config_class = TaylorConfig
     needs_calibration_data = True
-    default_num_calibration_samples = 16
     seen: list = []  # (sparsity, number of samples, sum of pixel values) per call
-
-    def needs_labels(self) -> bool:
-        return True
 
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False):
         layers = adapter.select_layers(self.config.targets, self.config.ignore)

@@ -15,19 +15,9 @@ The folder is a map of the algorithm:
 
 from ...configuration import register_method
 from .config import BlockFisherConfig, CAPConfig, FastCAPConfig, GradientFisherConfig, WoodFisherConfig
-from .pruner import CAPPruner, FastCAPPruner, WoodFisherPruner
 
-register_method("cap", CAPConfig, CAPPruner)
-register_method("woodfisher", WoodFisherConfig, WoodFisherPruner)
-register_method("fastcap", FastCAPConfig, FastCAPPruner)
+register_method("cap", CAPConfig, ".pruner:CAPPruner")
+register_method("woodfisher", WoodFisherConfig, ".pruner:WoodFisherPruner")
+register_method("fastcap", FastCAPConfig, ".pruner:FastCAPPruner")
 
-__all__ = [
-    "BlockFisherConfig",
-    "CAPConfig",
-    "CAPPruner",
-    "FastCAPConfig",
-    "FastCAPPruner",
-    "GradientFisherConfig",
-    "WoodFisherConfig",
-    "WoodFisherPruner",
-]
+__all__ = ["BlockFisherConfig", "CAPConfig", "FastCAPConfig", "GradientFisherConfig", "WoodFisherConfig"]

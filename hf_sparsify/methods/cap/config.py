@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Union
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Union
 
-from ...configuration import PruningConfig, PruningConfigError
-from ..magnitude.config import check_mask_structure
+from ...configuration import LOSS_OPTIONS, Citation, PruningConfig, PruningConfigError, check_mask_structure
 
 __all__ = ["GradientFisherConfig", "BlockFisherConfig", "CAPConfig", "WoodFisherConfig", "FastCAPConfig", "LOSSES"]
 
 LOSSES = ("labels", "features")
 #: how a callable ``loss`` is written to ``pruning_config.json`` (a function cannot be serialised)
 CUSTOM_LOSS = "custom"
+
+CAP_CITATION = Citation(
+    "CAP (Correlation-Aware Pruning)",
+    """@inproceedings{kuznedelev2023cap,
+  title     = {{CAP}: Correlation-Aware Pruning for Highly-Accurate Sparse Vision Models},
+  author    = {Kuznedelev, Denis and Kurtic, Eldar and Frantar, Elias and Alistarh, Dan},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2023},
+  eprint    = {2210.09223},
+  archivePrefix = {arXiv}
+}""",
+)
+WOODFISHER_CITATION = Citation(
+    "WoodFisher",
+    """@inproceedings{singh2020woodfisher,
+  title     = {{WoodFisher}: Efficient Second-Order Approximation for Neural Network Compression},
+  author    = {Singh, Sidak Pal and Alistarh, Dan},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2020},
+  eprint    = {2004.14340},
+  archivePrefix = {arXiv}
+}""",
+)
+# FastCAP is CAP's variant for large models, released with CAP's code: it cites the CAP paper.
+FASTCAP_CITATION = Citation("FastCAP (CAP's variant for large models)", CAP_CITATION.bibtex)
+# Small enough for the bundled 1,000 calibration images and about a minute on 2 CPU cores.
+_DEMO = {"sparsity": 0.5, "fisher_block_size": 48, "num_grads": 128, "grad_batch_size": 8}
+_QUICK = {"sparsity": 0.5, "fisher_block_size": 16, "num_grads": 2, "grad_batch_size": 2}
 
 
 @dataclass(kw_only=True)
@@ -41,15 +69,44 @@ class GradientFisherConfig(PruningConfig):
             (the Fisher is always accumulated in ``fisher_dtype``).
     """
 
-    sparsity: float = 0.5
-    mask_structure: str = "unstructured"
-    fisher_block_size: int = 192
-    num_grads: int = 1024
-    grad_batch_size: int | None = None
-    damp: float = 1e-8
-    num_recomputations: int = 1
-    loss: Union[str, Callable[..., Any]] = "labels"
-    mixed_precision: str = "no"
+    #: mini-batch gradients per recomputation when neither num_grads nor num_calibration_samples is given
+    default_num_grads: ClassVar[int] = 1024
+    demo_settings: ClassVar[dict[str, Any]] = _DEMO
+    quick_settings: ClassVar[dict[str, Any]] = _QUICK
+
+    sparsity: float = field(default=0.5, metadata={"help": "fraction of the targeted weights removed, in [0, 1)"})
+    mask_structure: str = field(
+        default="unstructured",
+        metadata={"help": "'unstructured', or 'N:M' such as '2:4' (at most N weights kept in every M consecutive weights along the input dimension; fixes sparsity = 1 - N/M)"},
+    )
+    fisher_block_size: int = field(
+        default=192,
+        metadata={"help": "B, weights per Fisher block; a layer uses the smallest divisor of its size that is >= B (and a multiple of M for N:M)"},
+    )
+    num_grads: int | None = field(
+        default=None,
+        metadata={"help": "mini-batch gradients in the Fisher per recomputation; default: num_calibration_samples / grad_batch_size, else 1024 (FastCAP 256)"},
+    )
+    grad_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "images per mini-batch gradient (default: calibration_batch_size); only a datasets.Dataset can be re-batched"},
+    )
+    damp: float = field(
+        default=1e-8,
+        metadata={"help": "dampening added to the Fisher's diagonal (absolute for CAP and WoodFisher, relative to the mean diagonal for FastCAP), > 0"},
+    )
+    num_recomputations: int = field(
+        default=1,
+        metadata={"help": "prune in this many steps, sparsity interpolated linearly, the Fisher re-estimated from fresh gradients at each"},
+    )
+    loss: Union[str, Callable[..., Any]] = field(
+        default="labels",
+        metadata={"help": "'labels' (cross-entropy of the classification head; needs labels), 'features' (label-free: Gauss-Newton of feature matching, for backbones), or a callable loss_fn(model, batch) in Python"},
+    )
+    mixed_precision: str = field(
+        default="no",
+        metadata={"help": "'no' or 'bf16': autocast of the forward/backward passes that produce gradients (the Fisher is accumulated in fisher_dtype)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,10 +114,16 @@ class GradientFisherConfig(PruningConfig):
         self.nm = check_mask_structure(self.mask_structure, self.sparsity)
         if self.fisher_block_size < 1:
             raise PruningConfigError(f"fisher_block_size must be ≥ 1 (weights per Fisher block, e.g. 192), got {self.fisher_block_size}.")
-        if self.num_grads < 1:
+        if self.num_grads is not None and self.num_grads < 1:
             raise PruningConfigError(f"num_grads must be ≥ 1 (mini-batch gradients in the Fisher, e.g. 1024), got {self.num_grads}.")
         if self.grad_batch_size is not None and self.grad_batch_size < 1:
             raise PruningConfigError(f"grad_batch_size must be ≥ 1 or None, got {self.grad_batch_size}.")
+        if self.num_grads is not None and self.num_calibration_samples is not None and self.num_grads * self.effective_batch_size != self.num_calibration_samples:
+            raise PruningConfigError(
+                f"num_grads={self.num_grads} gradients of {self.effective_batch_size} images read {self.num_grads * self.effective_batch_size} "
+                f"images, not num_calibration_samples={self.num_calibration_samples}: give one of num_grads and num_calibration_samples "
+                "(num_calibration_samples counts images for every method)."
+            )
         if not (isinstance(self.damp, (int, float)) and self.damp > 0 and self.damp < float("inf")):
             raise PruningConfigError(f"damp must be a finite number > 0 (the Fisher's dampening, e.g. 1e-8), got {self.damp}.")
         if self.num_recomputations < 1:
@@ -74,6 +137,33 @@ class GradientFisherConfig(PruningConfig):
         if callable(self.loss):
             out["loss"] = CUSTOM_LOSS
         return out
+
+    # -- the contract --------------------------------------------------------------------------------------
+    def needs_labels(self) -> bool:
+        return self.loss == "labels"
+
+    def missing_labels_message(self) -> str:
+        return f"{self.method} with loss='labels' needs calibration data with labels, and it has none: use {LOSS_OPTIONS}."
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.grad_batch_size or self.calibration_batch_size
+
+    @property
+    def gradients(self) -> int:
+        """Mini-batch gradients per recomputation: ``num_grads``, else ``num_calibration_samples`` divided by the
+        gradient batch size (rounded up), else the method's default."""
+        if self.num_grads is not None:
+            return self.num_grads
+        if self.num_calibration_samples is not None:
+            return math.ceil(self.num_calibration_samples / self.effective_batch_size)
+        return self.default_num_grads
+
+    def calibration_images(self) -> int:
+        return self.gradients * self.effective_batch_size
+
+    def nm_pattern(self) -> tuple[int, int] | None:
+        return self.nm
 
 
 @dataclass(kw_only=True)
@@ -94,11 +184,23 @@ class BlockFisherConfig(GradientFisherConfig):
             global distribution a second pass per group rebuilds the weights. ``None``: all layers at once.
     """
 
-    sparsity_distribution: str = "global"
-    fisher_dtype: str = "float32"
-    fisher_device: str | None = None
-    blocks_in_parallel: int = -1
-    max_fisher_memory_gb: float | None = None
+    sparsity_distribution: str = field(
+        default="global",
+        metadata={"help": "'global': one threshold across all target layers (the paper's); 'uniform': every layer pruned to the sparsity"},
+    )
+    fisher_dtype: str = field(
+        default="float32",
+        metadata={"help": "'float32' or 'float64': dtype of the stored Fisher blocks and of the elimination (inverses, replays and OBS updates are float64)"},
+    )
+    fisher_device: str | None = field(default=None, metadata={"help": "where the Fisher blocks live and the elimination runs ('cpu', 'cuda:1'...); default: the model's device"})
+    blocks_in_parallel: int = field(
+        default=-1,
+        metadata={"help": "blocks inverted and eliminated together (memory ~ blocks_in_parallel * B^2 floats); -1: about 256 MiB on CPU, 2 GiB on GPU"},
+    )
+    max_fisher_memory_gb: float | None = field(
+        default=None,
+        metadata={"help": "if the Fisher blocks of all targets exceed this many GiB, layers are processed in groups that fit (layer streaming), each with its own gradient pass"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,18 +219,20 @@ class CAPConfig(BlockFisherConfig):
     after each removal), and one global threshold on the blocks' cumulative losses.
 
     Defaults follow the paper's ViT/DeiT recipe: ``fisher_block_size=192``, ``damp=1e-8``, one recomputation;
-    ``num_grads=1024`` (the recipe uses 4096).
+    1,024 gradients (the recipe uses 4096).
 
     Example:
 
     ```python
     >>> import hf_sparsify
-    >>> config = hf_sparsify.CAPConfig(sparsity=0.7, num_grads=256, grad_batch_size=64)
-    >>> pruned = hf_sparsify.prune(model, config, calibration_data=train_dataset, image_processor=processor)
+    >>> config = hf_sparsify.CAPConfig(sparsity=0.7, fisher_block_size=48, num_grads=16, grad_batch_size=8)
+    >>> pruned = hf_sparsify.prune(model, config, calibration_data=calibration, image_processor=processor)
     >>> pruned.pruning_result.layers["vit.layers.0.mlp.fc1"]["fisher_block_size"]
-    192
+    48
     ```
     """
+
+    citation: ClassVar[Citation] = CAP_CITATION
 
 
 @dataclass(kw_only=True)
@@ -139,10 +243,12 @@ class WoodFisherConfig(BlockFisherConfig):
     Example:
 
     ```python
-    >>> config = hf_sparsify.WoodFisherConfig(sparsity=0.5, fisher_block_size=48, num_grads=256)
-    >>> pruned = hf_sparsify.prune(model, config, calibration_data=train_dataset)
+    >>> config = hf_sparsify.WoodFisherConfig(sparsity=0.5, fisher_block_size=48, num_grads=16, grad_batch_size=8)
+    >>> pruned = hf_sparsify.prune(model, config, calibration_data=calibration, image_processor=processor)
     ```
     """
+
+    citation: ClassVar[Citation] = WOODFISHER_CITATION
 
 
 @dataclass(kw_only=True)
@@ -161,15 +267,20 @@ class FastCAPConfig(GradientFisherConfig):
     Example:
 
     ```python
-    >>> config = hf_sparsify.FastCAPConfig(sparsity=0.5)
-    >>> pruned = hf_sparsify.prune(model, config, calibration_data=train_dataset)
+    >>> config = hf_sparsify.FastCAPConfig(sparsity=0.5, num_grads=16, grad_batch_size=8)
+    >>> pruned = hf_sparsify.prune(model, config, calibration_data=calibration, image_processor=processor)
     ```
     """
 
-    sparsity_distribution: str = "uniform"
-    num_grads: int = 256
-    damp: float = 1e-2
-    columns_per_step: int | None = None
+    citation: ClassVar[Citation] = FASTCAP_CITATION
+    default_num_grads: ClassVar[int] = 256
+
+    sparsity_distribution: str = field(default="uniform", metadata={"help": "only 'uniform' (the reference hard-codes it): every layer reaches the sparsity"})
+    damp: float = field(default=1e-2, metadata={"help": "relative dampening: damp * mean(diag F) added to the diagonal (recipe: 1e-2)"})
+    columns_per_step: int | None = field(
+        default=None,
+        metadata={"help": "columns whose mask is chosen together (default: all B at once, the reference's); a multiple of M for N:M"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -58,12 +58,7 @@ class _GradientFisherPruner(Pruner):
 
     config_class = GradientFisherConfig
     needs_calibration_data = True
-    default_num_calibration_samples = None
     fisher_mode = "blocks"
-
-    def needs_labels(self) -> bool:
-        # checked in prune() with a message that names the label-free options
-        return False
 
     # ---------------------------------------------------------------------------------------------- inputs
     def _check_inputs(self, calibration) -> None:
@@ -104,7 +99,7 @@ class _GradientFisherPruner(Pruner):
     def _batches(self, calibration, step: int):
         """The ``num_grads`` batches of recomputation ``step`` (0-based); the same on every call."""
         config: GradientFisherConfig = self.config
-        m = config.num_grads
+        m = config.gradients
         stream = calibration.iter_batches(m * (step + 1), batch_size=config.grad_batch_size)
         return islice(stream, m * step, m * (step + 1))
 

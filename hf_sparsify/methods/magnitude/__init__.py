@@ -1,7 +1,8 @@
+"""Magnitude pruning, the baseline: ``config.py`` (``MagnitudeConfig``) and ``pruner.py``."""
+
 from ...configuration import register_method
 from .config import MagnitudeConfig
-from .pruner import MagnitudePruner
 
-register_method("magnitude", MagnitudeConfig, MagnitudePruner)
+register_method("magnitude", MagnitudeConfig, ".pruner:MagnitudePruner")
 
-__all__ = ["MagnitudeConfig", "MagnitudePruner"]
+__all__ = ["MagnitudeConfig"]

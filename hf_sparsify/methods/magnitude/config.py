@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from ...configuration import PruningConfig, PruningConfigError, parse_nm
+from ...configuration import Citation, PruningConfig, check_mask_structure
 
 SPARSITY_DISTRIBUTIONS = ("uniform", "global")
+
+CITATION = Citation(
+    "magnitude pruning",
+    """@inproceedings{han2015learning,
+  title     = {Learning both Weights and Connections for Efficient Neural Networks},
+  author    = {Han, Song and Pool, Jeff and Tran, John and Dally, William J.},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2015},
+  eprint    = {1506.02626},
+  archivePrefix = {arXiv}
+}
+
+@article{zhu2017prune,
+  title   = {To prune, or not to prune: exploring the efficacy of pruning for model compression},
+  author  = {Zhu, Michael and Gupta, Suyog},
+  journal = {arXiv preprint arXiv:1710.01878},
+  year    = {2017}
+}""",
+)
 
 
 @dataclass(kw_only=True)
@@ -26,12 +46,24 @@ class MagnitudeConfig(PruningConfig):
     >>> import hf_sparsify
     >>> config = hf_sparsify.MagnitudeConfig(sparsity=0.5, sparsity_distribution="global")
     >>> pruned = hf_sparsify.prune(model, config)
+    >>> round(hf_sparsify.sparsity_report(pruned).sparsity, 2)
+    0.5
     ```
     """
 
-    sparsity: float = 0.5
-    sparsity_distribution: str = "uniform"
-    mask_structure: str = "unstructured"
+    citation: ClassVar[Citation] = CITATION
+    demo_settings: ClassVar[dict[str, Any]] = {"sparsity": 0.5, "sparsity_distribution": "global"}
+    quick_settings: ClassVar[dict[str, Any]] = {"sparsity": 0.5}
+
+    sparsity: float = field(default=0.5, metadata={"help": "fraction of the targeted weights set to zero, in [0, 1)"})
+    sparsity_distribution: str = field(
+        default="uniform",
+        metadata={"help": "'uniform': every targeted layer reaches the sparsity; 'global': one magnitude ranking across all targeted layers"},
+    )
+    mask_structure: str = field(
+        default="unstructured",
+        metadata={"help": "'unstructured', or 'N:M' such as '2:4': at most N weights kept in every M consecutive weights along the input dimension (fixes sparsity = 1 - N/M)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,16 +71,5 @@ class MagnitudeConfig(PruningConfig):
         self._check_choice("sparsity_distribution", self.sparsity_distribution, SPARSITY_DISTRIBUTIONS)
         self.nm = check_mask_structure(self.mask_structure, self.sparsity)
 
-
-def check_mask_structure(mask_structure: str, sparsity: float) -> tuple[int, int] | None:
-    """Validate ``mask_structure`` against ``sparsity``; returns ``(N, M)`` or ``None`` for unstructured."""
-    if mask_structure == "unstructured":
-        return None
-    n, m = parse_nm(mask_structure)
-    implied = 1 - n / m
-    if abs(sparsity - implied) > 1e-9:
-        raise PruningConfigError(
-            f"mask_structure={mask_structure!r} keeps {n} of every {m} weights, i.e. sparsity {implied:g}; "
-            f"sparsity={sparsity} cannot be reached with it. Set sparsity={implied:g} or use mask_structure='unstructured'."
-        )
-    return n, m
+    def nm_pattern(self) -> tuple[int, int] | None:
+        return self.nm

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from ...configuration import PruningConfig, PruningConfigError
+from ...configuration import Citation, PruningConfig, PruningConfigError
 
 ALLOCATIONS = ("global", "per_layer")
 GLOBAL_NORMALIZATIONS = ("mean", "max", "none", "output")
 COMPENSATION_TOKENS = ("head", "all")
+
+CITATION = Citation(
+    "VBP (Variance-Based Pruning)",
+    """@inproceedings{berisha2025vbp,
+  title     = {Variance-Based Pruning for Accelerating and Compressing Trained Networks},
+  author    = {Berisha, Uranik and Mehnert, Jens and Condurache, Alexandru Paul},
+  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year      = {2025},
+  eprint    = {2507.12988},
+  archivePrefix = {arXiv}
+}""",
+)
 
 
 @dataclass(kw_only=True)
@@ -35,8 +47,9 @@ class VBPConfig(PruningConfig):
             as in VBP). ``"mean"`` divides by the layer's mean variance, ``"max"`` by its largest variance,
             ``"none"`` compares raw variances. See benchmarks/RESULTS.md for the comparison on CIFAR-10.
         compensation: fold ``W2[:, removed] · mean[removed]`` into the consumer's bias (the VBP mean shift).
-            ``False`` just removes the neurons (the baseline). ConvNeXtV2's GRN makes the fold inexact, so
-            ConvNeXtV2 needs ``compensation=False``.
+            ``False`` just removes the neurons (the baseline). ``None`` (default): fold wherever the fold is exact;
+            ConvNeXtV2's GRN makes it inexact, so there the neurons are just removed (the result records it), and
+            ``True`` is refused with an explanation.
         compensation_tokens: which tokens' mean is folded in the model's **last** block. ``"head"`` (default): the
             tokens the task head reads, when it reads only some (the CLS token of ViT/DeiT classifiers, CLS and
             distillation tokens of DeiT with teacher), since the last block's output reaches the logits only
@@ -55,22 +68,42 @@ class VBPConfig(PruningConfig):
 
     ```python
     >>> import hf_sparsify
-    >>> config = hf_sparsify.VBPConfig(target_macs_reduction=0.35)          # or pruning_ratio=0.5
-    >>> pruned = hf_sparsify.prune(model, config, calibration_dataset, image_processor=processor)
-    >>> pruned.save_pretrained("vit-vbp-35")   # reload: AutoSparseModelForImageClassification.from_pretrained
+    >>> config = hf_sparsify.VBPConfig(target_macs_reduction=0.2, num_calibration_samples=64)   # or pruning_ratio=0.5
+    >>> pruned = hf_sparsify.prune(model, config, calibration, image_processor=processor)
+    >>> pruned.save_pretrained(tmp_dir)   # reload: AutoSparseModelForImageClassification.from_pretrained(tmp_dir)
     ```
     """
 
-    sparsity_field: ClassVar[str] = "pruning_ratio"
+    target_field: ClassVar[str] = "pruning_ratio"
+    citation: ClassVar[Citation] = CITATION
+    #: images for the statistics when num_calibration_samples is not given
+    default_num_calibration_samples: ClassVar[int] = 512
+    demo_settings: ClassVar[dict[str, Any]] = {"pruning_ratio": 0.3}
+    quick_settings: ClassVar[dict[str, Any]] = {"pruning_ratio": 0.3, "round_to": 1, "num_calibration_samples": 8}
 
-    pruning_ratio: float | None = None
-    target_macs_reduction: float | None = None
-    allocation: str = "global"
-    global_normalization: str = "output"
-    compensation: bool = True
-    compensation_tokens: str = "head"
-    min_neurons_per_layer: int = 1
-    round_to: int = 8
+    pruning_ratio: float | None = field(default=None, metadata={"help": "fraction of the MLP hidden neurons removed (over all pruned MLPs), in [0, 1)"})
+    target_macs_reduction: float | None = field(
+        default=None,
+        metadata={"help": "fraction of the whole model's MACs per image to remove, in (0, 1) (instead of pruning_ratio)"},
+    )
+    allocation: str = field(
+        default="global",
+        metadata={"help": "'global': one threshold on normalised variances across MLPs (layers get different widths); 'per_layer': the same ratio in every MLP"},
+    )
+    global_normalization: str = field(
+        default="output",
+        metadata={"help": "how MLPs' variances are made comparable for 'global': 'output' (times the mean squared fc2 column norm, LayerScale included), 'mean', 'max' or 'none'"},
+    )
+    compensation: bool | None = field(
+        default=None,
+        metadata={"help": "fold each removed neuron's mean into the next layer's bias (the VBP mean shift); default: wherever the fold is exact (not across ConvNeXtV2's GRN)"},
+    )
+    compensation_tokens: str = field(
+        default="head",
+        metadata={"help": "tokens whose mean is folded in the last block: 'head' (those the classifier reads, e.g. CLS) or 'all' (the paper's fold)"},
+    )
+    min_neurons_per_layer: int = field(default=1, metadata={"help": "neurons every pruned MLP keeps at least (rounded up to round_to); 0 allows removing a whole MLP"})
+    round_to: int = field(default=8, metadata={"help": "kept widths are multiples of this (kernel-friendly); a layer may also stay at full width; 1 disables rounding"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,3 +132,6 @@ class VBPConfig(PruningConfig):
             raise PruningConfigError(f"min_neurons_per_layer must be ≥ 0, got {self.min_neurons_per_layer} (0 allows removing a whole MLP).")
         if self.round_to < 1:
             raise PruningConfigError(f"round_to must be ≥ 1 (1 disables rounding), got {self.round_to}.")
+
+    def calibration_images(self) -> int:
+        return self.num_calibration_samples or self.default_num_calibration_samples

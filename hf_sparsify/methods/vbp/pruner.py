@@ -105,8 +105,7 @@ def shrink_mlp(model: nn.Module, group: StructureGroup, keep: torch.Tensor, mean
 class VBPPruner(Pruner):
     config_class = VBPConfig
     needs_calibration_data = True
-    structured = True
-    default_num_calibration_samples = 512
+    changes_shapes = True
 
     @torch.no_grad()
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
@@ -116,7 +115,7 @@ class VBPPruner(Pruner):
         result = PruningResult(method="vbp")
         groups = mlp_groups(adapter, config.targets, config.ignore)
         blocked = [g for g in groups if g.blocks_exact_fold]
-        if config.compensation and blocked:
+        if config.compensation is True and blocked:
             raise PruningConfigError(
                 f"VBP's mean-shift compensation is not exact for {blocked[0].name}: {blocked[0].blocks_exact_fold}. "
                 "Use VBPConfig(..., compensation=False) to prune this model by variance without the bias fold "
@@ -124,9 +123,12 @@ class VBPPruner(Pruner):
             )
         if calibration is None:
             raise CalibrationDataError("VBP reads calibration data: pass calibration_data= to prune().")
+        compensate = config.compensation if config.compensation is not None else not blocked
+        if blocked and not compensate and config.compensation is None:
+            logger.warning(f"VBP: no mean-shift fold for this model ({blocked[0].blocks_exact_fold}); removed neurons are dropped.")
 
         observed = {g.name: g.observe for g in groups}
-        head_fold = self._head_fold_group(adapter, groups)
+        head_fold = self._head_fold_group(adapter, groups) if compensate else None
         if head_fold is not None:  # the last block's mean over the tokens the head reads, in the same pass
             observed[HEAD_KEY] = (head_fold.observe, adapter.head_tokens())
         with result.timed("statistics"):
@@ -157,7 +159,7 @@ class VBPPruner(Pruner):
                 removed[keep] = False
                 w2 = model.get_submodule(group.consumers[0]).weight.detach().double().cpu()
                 error = float((w2[:, removed].square().sum(0) * variance[removed]).sum())
-                shrink_mlp(model, group, keep, fold_means[group.name] if config.compensation else None)
+                shrink_mlp(model, group, keep, fold_means[group.name] if compensate else None)
                 result.layers[group.name] = {
                     "width": group.num_units,
                     "dense_width": dense,
@@ -173,7 +175,7 @@ class VBPPruner(Pruner):
             {
                 "allocation": config.allocation,
                 "global_normalization": config.global_normalization if config.allocation == "global" else None,
-                "compensation": config.compensation,
+                "compensation": compensate,
                 "compensation_head_tokens": head_fold.name if head_fold is not None else None,
                 "num_calibration_samples": moments[groups[0].name].num_samples,
                 "values_per_neuron": moments[groups[0].name].count,
@@ -189,7 +191,7 @@ class VBPPruner(Pruner):
     def _head_fold_group(self, adapter, groups) -> StructureGroup | None:
         """The pruned MLP of the model's last block when its fold should use the head's tokens, else None."""
         config: VBPConfig = self.config
-        if not config.compensation or config.compensation_tokens != "head" or adapter.head_tokens() is None:
+        if config.compensation_tokens != "head" or adapter.head_tokens() is None:
             return None
         last_block = len(adapter.blocks()) - 1
         return next((g for g in groups if g.block_index == last_block), None)

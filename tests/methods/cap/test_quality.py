@@ -26,7 +26,7 @@ def trained(shared_dir, cifar10_dir):
 
 def test_cap_beats_magnitude_at_70_percent_global(trained):
     model, processor, train, test = trained
-    config = CAPConfig(sparsity=0.7, fisher_block_size=48, num_grads=64, grad_batch_size=32, num_calibration_samples=4096, seed=0)
+    config = CAPConfig(sparsity=0.7, fisher_block_size=48, num_grads=64, grad_batch_size=32, seed=0)
     cap = hf_sparsify.prune(model, config, train, image_processor=processor, disable_tqdm=True)
     magnitude = hf_sparsify.prune(model, MagnitudeConfig(sparsity=0.7, sparsity_distribution="global"))
     scores = {

@@ -290,10 +290,18 @@ def test_report_and_summary_show_widths(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ ConvNeXtV2 (GRN)
-def test_convnextv2_refuses_compensation_with_a_clear_message():
+def test_convnextv2_refuses_explicit_compensation_with_a_clear_message():
     model = make_tiny_model("convnextv2")
     with pytest.raises(PruningConfigError, match=r"GRN.*compensation=False"):
-        hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5), tiny_batches(model, 2))
+        hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, compensation=True), tiny_batches(model, 2))
+
+
+def test_convnextv2_default_compensation_prunes_without_the_fold_and_says_so():
+    model = make_tiny_model("convnextv2")
+    auto = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5), tiny_batches(model, 2))
+    plain = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, compensation=False), tiny_batches(model, 2))
+    assert auto.pruning_result.info["compensation"] is False
+    assert all(torch.equal(a, b) for a, b in zip(auto.state_dict().values(), plain.state_dict().values()))
 
 
 def test_convnextv2_without_compensation_prunes_grn_entries_too():
@@ -329,7 +337,7 @@ def test_config_roundtrip_and_cli_field(tmp_path):
     config = VBPConfig(target_macs_reduction=0.35, allocation="per_layer")
     config.save_pretrained(tmp_path)
     assert PruningConfig.from_pretrained(tmp_path) == config
-    assert VBPConfig.sparsity_field == "pruning_ratio" and "vbp" in hf_sparsify.available_methods()
+    assert VBPConfig.target_field == "pruning_ratio" and "vbp" in hf_sparsify.available_methods()
 
 
 def test_ratio_that_would_delete_every_neuron():
