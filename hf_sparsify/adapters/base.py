@@ -159,6 +159,12 @@ class ModelAdapter:
         (bare backbones, ConvNeXt's pooling, DINOv2's CLS + patch-mean head). VBP's last-block compensation uses it."""
         return None
 
+    def distillation_outputs(self) -> tuple[str, str] | None:
+        """``(class-token logits key, distillation-token logits key)`` of the model's output when it has a second
+        head trained from a teacher (DeiT with teacher: ``("cls_logits", "distillation_logits")``), else ``None``.
+        ``SparseTrainer`` sends the label loss to the first and the teacher term to the second."""
+        return None
+
     # -- shared helpers -----------------------------------------------------------------------------------
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)

@@ -184,6 +184,11 @@ class DeiTAdapter(TransformerAdapter):
             return slice(0, 2)  # CLS and distillation tokens, one head each
         return slice(0, 1) if isinstance(self.model, DeiTForImageClassification) else None
 
+    def distillation_outputs(self) -> tuple[str, str] | None:
+        from transformers import DeiTForImageClassificationWithTeacher
+
+        return ("cls_logits", "distillation_logits") if isinstance(self.model, DeiTForImageClassificationWithTeacher) else None
+
 
 @register_adapter
 class Dinov2Adapter(TransformerAdapter):
