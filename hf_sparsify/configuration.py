@@ -69,6 +69,8 @@ LOSS_OPTIONS = (
 )
 #: the package whose sub-packages are the built-in methods (discovered, never imported by name)
 BUILTIN_METHODS_PACKAGE = "hf_sparsify.methods"
+#: the entry-point group through which an installed package adds methods (``my_methods = "my_pkg.methods"``)
+ENTRY_POINT_GROUP = "hf_sparsify.methods"
 
 
 class PruningConfigError(HfSparsifyError, ValueError):
@@ -151,7 +153,8 @@ def register_method(name: str, config_class: type, pruner_class: "type | str") -
 
 
 def _ensure_methods_loaded() -> None:
-    """Import every sub-package of :data:`BUILTIN_METHODS_PACKAGE`; each registers itself in its ``__init__``."""
+    """Import every sub-package of :data:`BUILTIN_METHODS_PACKAGE` and every module an installed distribution
+    declares under the ``hf_sparsify.methods`` entry-point group; each registers its methods when imported."""
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
@@ -160,6 +163,10 @@ def _ensure_methods_loaded() -> None:
     for info in pkgutil.iter_modules(package.__path__):
         if info.ispkg:
             importlib.import_module(f"{BUILTIN_METHODS_PACKAGE}.{info.name}")
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        point.load()
 
 
 def available_methods() -> list[str]:
@@ -487,7 +494,7 @@ class PruningConfig:
                 ``cache_dir``, ``local_files_only``, ``subfolder``...).
 
         ```python
-        >>> hf_sparsify.MagnitudeConfig(sparsity=0.3).save_pretrained(tmp_dir)
+        >>> path = hf_sparsify.MagnitudeConfig(sparsity=0.3).save_pretrained(tmp_dir)
         >>> PruningConfig.from_pretrained(tmp_dir)        # or a Hub id: PruningConfig.from_pretrained("me/vit-cap-50")
         MagnitudeConfig(targets=None, ignore=None, num_calibration_samples=None, calibration_batch_size=32, seed=0, sparsity=0.3, sparsity_distribution='uniform', mask_structure='unstructured')
         ```
