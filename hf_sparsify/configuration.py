@@ -14,8 +14,9 @@ pruner class, see :class:`hf_sparsify.methods.base.Pruner`), never read from its
   schedule may interpolate it (a sparsity may ramp; a speed-up target may not);
 * ``needs_labels()``, ``effective_batch_size``, ``calibration_images()``: what the calibration data must hold;
 * ``nm_pattern()``: the N:M pattern of the masks, if any (compressed saving, the card);
-* ``citation``, ``demo_settings``, ``quick_settings``: the card's BibTeX, the demo's settings, and a setting that
-  runs in seconds on a tiny model (contract tests, docstring examples);
+* ``citation``, ``demo_settings``, ``quick_settings``, ``label_free_settings``: the card's BibTeX, the demo's
+  settings, settings that run in seconds on a tiny model (contract tests, docstring examples), and what makes the
+  method run without labels;
 * every field carries ``metadata={"help": ...}``: the CLI's flags are generated from them.
 
 Example:
@@ -290,6 +291,9 @@ class PruningConfig:
     demo_settings: ClassVar[dict[str, Any]] = {}
     #: settings that run in seconds on a tiny model (contract tests, docstring examples)
     quick_settings: ClassVar[dict[str, Any]] = {}
+    #: settings that make the method run without labels (a backbone such as ``Dinov2Model``); ``None`` when it
+    #: cannot. ``{}``: it never needs labels.
+    label_free_settings: ClassVar[dict[str, Any] | None] = {}
 
     targets: list[str] | None = field(
         default=None,
