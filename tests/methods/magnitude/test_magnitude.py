@@ -78,3 +78,15 @@ def test_result_records_per_layer_sparsity_and_timing():
     assert all(abs(v["sparsity"] - 0.3) < 0.02 for v in result.layers.values())
     x = tiny_pixel_values(pruned)
     assert torch.isfinite(pruned(pixel_values=x).logits).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("distribution", ["uniform", "global"])
+def test_non_finite_weights_are_refused_naming_the_layer(bad, distribution):
+    from hf_sparsify import PruningError
+
+    model = make_tiny_model("vit")
+    with torch.no_grad():
+        model.get_submodule("vit.layers.1.mlp.fc1").weight[0, 3] = bad
+    with pytest.raises(PruningError, match=r"vit\.layers\.1\.mlp\.fc1 holds 1 NaN or inf"):
+        hf_sparsify.prune(model, MagnitudeConfig(sparsity=0.5, sparsity_distribution=distribution))
