@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 import hf_sparsify
 from hf_sparsify.configuration import citation_of
 from hf_sparsify.hub import CARD_NAME, CHART_NAME, GENERATED_MARKER, build_model_card
-from hf_sparsify.hub.card import normalize_metrics, normalize_speedups
+from hf_sparsify.io.summary import normalize_metrics, normalize_speedups
 from tests.hub_server import validate_card
 from tests.io.models import structured_model, unstructured_model
 
