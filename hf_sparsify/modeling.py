@@ -28,6 +28,7 @@ import json
 import os
 from typing import Any
 
+import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
@@ -62,6 +63,28 @@ def _restore_card_state(model, path: str | os.PathLike, hub_kwargs: dict[str, An
             setattr(model, attribute, card.pop(key))
     if card:
         model.pruning_card = card
+
+
+def _shape_record_for(model, meta: dict[str, Any]) -> dict[str, Any]:
+    """The shape record named as ``model`` names its modules: a backbone built from a classifier checkpoint's record
+    drops the base-model prefix (``vit.``) and the head's entries; a classifier on a backbone's record adds it."""
+    prefix = getattr(model, "base_model_prefix", "")
+    keys = ("module_shapes", "parameter_shapes", "module_attributes")
+    names = [name for key in keys for name in (meta.get(key) or {})]
+    if not prefix or not names:
+        return meta
+    has_base = isinstance(getattr(model, prefix, None), torch.nn.Module)
+    recorded_with_prefix = any(name.startswith(prefix + ".") for name in names)
+    if has_base == recorded_with_prefix:
+        return meta
+    out = dict(meta)
+    for key in keys:
+        entries = meta.get(key) or {}
+        if has_base:
+            out[key] = {f"{prefix}.{name}": value for name, value in entries.items()}
+        else:
+            out[key] = {name[len(prefix) + 1:]: value for name, value in entries.items() if name.startswith(prefix + ".")}
+    return out
 
 
 class _AutoSparseBase:
@@ -127,7 +150,7 @@ class _AutoSparseBase:
 
             def __init__(self, cfg, *args, **kw):
                 model_class.__init__(self, cfg, *args, **kw)
-                apply_shapes(self, meta)
+                apply_shapes(self, _shape_record_for(self, meta))
 
             shaped = type(model_class.__name__, (model_class,), {"__init__": __init__, "__module__": model_class.__module__})
             model, info = from_pretrained_strict(shaped, target, *model_args, config=base_config, output_loading_info=True, **extra, **load_kwargs)

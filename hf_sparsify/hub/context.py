@@ -27,7 +27,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from transformers.utils import CONFIG_NAME as MODEL_CONFIG_NAME
 from transformers.utils import IMAGE_PROCESSOR_NAME
 
-from ..configuration import CONFIG_NAME, PruningConfig, PruningConfigError, citation_of
+from ..configuration import CONFIG_NAME, PruningConfig, PruningConfigError, citation_of, get_method
 from ..io.summary import (
     METRIC_STAGES,
     _read_json,
@@ -140,18 +140,31 @@ def pruning_steps(inputs: CardInputs) -> list[dict[str, Any]]:
     return [step]
 
 
-def _describe(step: Mapping[str, Any]) -> str:
+def _calibration(step: Mapping[str, Any]) -> str | None:
+    """How many calibration images a step read: the number it recorded (``result.info``), else what its
+    configuration asked for, said as such; ``None`` when the method reads no calibration data."""
+    used = step.get("num_calibration_samples")
+    if used:
+        return f"{int(used):,} calibration images"
     config = _config_of(step.get("config"))
+    try:
+        reads_data = config is not None and get_method(config.method).pruner_class.needs_calibration_data
+        asked = config.calibration_images() if reads_data else None
+    except Exception:  # noqa: BLE001 - a method this install cannot import: say nothing rather than guess
+        return None
+    if not reads_data:
+        return None
+    return "an unrecorded number of calibration images" + (f" (up to {int(asked):,} asked for)" if asked else "")
+
+
+def _describe(step: Mapping[str, Any]) -> str:
     text = _title(step.get("method"))
-    target = _target_text(config)
+    target = _target_text(_config_of(step.get("config")))
     if target:
         text += f" to {target}"
-    used = step.get("num_calibration_samples")
-    asked = (step.get("config") or {}).get("num_calibration_samples")
-    if used:
-        text += f", from {int(used):,} calibration images"
-    elif asked:
-        text += f", from calibration data (up to {int(asked):,} images asked for; the number used was not recorded)"
+    images = _calibration(step)
+    if images:
+        text += f", from {images}"
     return text
 
 
@@ -175,19 +188,15 @@ def _citations(steps: list[dict[str, Any]]) -> str | None:
 
 def _calibration_note(steps: list[dict[str, Any]]) -> str | None:
     """One limitation sentence on the calibration data the pruning decisions read (the numbers actually used)."""
-    parts = []
-    several = len({s["method"] for s in steps}) > 1 or len(steps) > 1
-    for index, step in enumerate(steps, 1):
-        used = step.get("num_calibration_samples")
-        asked = (step.get("config") or {}).get("num_calibration_samples")
-        where = f" (step {index}, {_title(step['method'])})" if several else ""
-        if used:
-            parts.append(f"{int(used):,}{where}")
-        elif asked:
-            parts.append(f"an unrecorded number, up to {int(asked):,}{where}")
-    if not parts:
+    counts = [(index, step, _calibration(step)) for index, step in enumerate(steps, 1)]
+    counts = [(index, step, images) for index, step, images in counts if images]
+    if not counts:
         return None
-    return f"The pruning decisions used {', '.join(parts)} calibration images; results on data unlike them may differ."
+    if len(steps) == 1:
+        used = counts[0][2]
+    else:
+        used = "; ".join(f"{images} in step {index} ({_title(step['method'])})" for index, step, images in counts)
+    return f"The pruning decisions used {used}; results on data unlike them may differ."
 
 
 # --------------------------------------------------------------------------------------------- formatting

@@ -131,5 +131,12 @@ def from_pretrained_strict(model_class, source: str | os.PathLike | None, *model
         raise SparseCheckpointError(
             f"a weights file of {source} is truncated or damaged ({err}). Download it again (force_download=True) or save the model again."
         ) from None
+    except RuntimeError as err:
+        if "ignore_mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
+            raise
+        raise SparseCheckpointError(
+            f"{source} holds tensors of other shapes than the model its config.json describes (mismatched sizes; transformers' "
+            "load report above names them). The weights file and config.json come from different models, or the file is damaged."
+        ) from None
     check_loading_info(model, info, source if source is not None else "the given state dict", config=kwargs.get("config") or model.config)
     return (model, info) if want_info else model
