@@ -1,8 +1,10 @@
 """``hf_sparsify.push_to_hub``: upload a pruned model, its card and chart in one commit.
 
 ```python
+from hf_sparsify.hub import check_push_access
+
+check_push_access("me/vit-magnitude-50")   # before any long work: token, endpoint, namespace
 pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5))
-hf_sparsify.hub.check_push_access("me/vit-magnitude-50")   # before any long work: token, endpoint, namespace
 url = pruned.push_to_hub("me/vit-magnitude-50", private=True, tags=["cifar10"])   # or hf_sparsify.push_to_hub(pruned, ...)
 url                                       # the commit URL; url.oid is the commit id
 # 'https://huggingface.co/me/vit-magnitude-50/commit/4f3c...'
@@ -135,7 +137,9 @@ def check_push_access(repo_id: str, token: str | bool | None = None, endpoint: s
             namespace the token's user does not belong to.
 
     ```python
-    repo_id = hf_sparsify.hub.check_push_access("me/vit-cap-50")   # then prune, then push
+    from hf_sparsify.hub import check_push_access
+
+    repo_id = check_push_access("me/vit-cap-50")   # then prune, then push
     ```
     """
     from huggingface_hub import HfApi, constants
