@@ -165,3 +165,22 @@ def test_staging_folders_of_dead_processes_are_removed(tmp_path):
 )
 def test_weights_file_names(name, expected):
     assert is_weights_file(name) is expected
+
+
+def test_a_save_is_complete_or_leaves_the_folder_as_it_was_for_a_non_vision_model(tmp_path):
+    """prune(..., targets=...) on a text model: its summary could not be built (the MACs count feeds pixel_values)
+    after transformers had written the weights, leaving the new weights beside the previous model's record."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    bert = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100))
+    pruned = hf_sparsify.prune(bert, hf_sparsify.MagnitudeConfig(sparsity=0.5, targets=[r"dense$"]))
+    unstructured_model().save_pretrained(tmp_path)
+    before = _tree(tmp_path)
+    try:
+        pruned.save_pretrained(tmp_path)
+    except Exception:  # noqa: BLE001 - whichever error: the previous model must be intact
+        assert _tree(tmp_path) == before
+    else:  # once the summary can be built for any model: a complete new set
+        assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"
+        assert json.loads((tmp_path / "sparsity_summary.json").read_text())["pruning"]["method"] == "magnitude"
+        assert "bert" in (tmp_path / CARD_NAME).read_text()
