@@ -174,6 +174,8 @@ def write_model_files(
 
 # --------------------------------------------------------------------------------------------- one unit
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate the process there: never judge another process dead
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
