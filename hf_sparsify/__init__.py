@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "AutoSparseModel": ".modeling",
     "AutoSparseModelForImageClassification": ".modeling",
-    "SparseCheckpointError": ".modeling",
+    "SparseCheckpointError": ".io.load",
     "CAPConfig": ".methods.cap",
     "FastCAPConfig": ".methods.cap",
     "WoodFisherConfig": ".methods.cap",
@@ -52,7 +52,7 @@ _LAZY: dict[str, str] = {
     "supported_model_types": ".adapters",
     "UnsupportedModelError": ".adapters",
     "prune": ".api",
-    "save_pretrained": ".io",
+    "save_pretrained": ".pruned",
     "SparsityReport": ".report",
     "sparsity_report": ".report",
 }
@@ -80,12 +80,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .data import CalibrationData, CalibrationDataError, load_image_dataset
     from .errors import HfSparsifyError
     from .hub import HubPushError, ModelCardTemplateError, build_model_card, push_to_hub
-    from .modeling import SparseCheckpointError
+    from .io.load import SparseCheckpointError
     from .methods.base import Pruner, PruningError, PruningResult
     from .methods.cap import CAPConfig, FastCAPConfig, WoodFisherConfig
     from .methods.magnitude import MagnitudeConfig
     from .methods.vbp import VBPConfig
     from .modeling import AutoSparseModel, AutoSparseModelForImageClassification
-    from .io import save_pretrained
+    from .pruned import save_pretrained
     from .report import SparsityReport, sparsity_report
     from .trainer import DistillationConfig, PruningSchedule, PruningScheduleError, SparseTrainer

@@ -13,7 +13,7 @@ from . import __version__
 from .adapters import get_adapter
 from .configuration import PruningConfig, get_method
 from .data import CalibrationData, CalibrationDataError
-from .io.save import attach_pruning_state
+from .pruned import attach_pruning_state
 from .surgery.shapes import get_metadata, record_shapes
 from .utils import get_logger
 
@@ -41,6 +41,26 @@ def _record_dense_reference(model: nn.Module, adapter) -> None:
         logger.info(f"hf_sparsify: could not count the dense model's MACs ({err}).")
     if adapter.family != "generic":
         meta["dense_widths"] = {g.name: g.num_units for g in adapter.structure_groups()}
+
+
+def _record_step(meta: dict[str, Any], config: PruningConfig, result, previous: PruningConfig | None) -> None:
+    """Append this pruning step to the model's history (``meta["history"]``, saved in config.json): the method, its
+    configuration and the calibration images it actually read (``result.info["num_calibration_samples"]``). A model
+    pruned by an hf_sparsify without history starts it with the step its metadata recorded."""
+    history = meta.get("history")
+    if not isinstance(history, list):
+        history = []
+        if meta.get("method"):
+            earlier: dict[str, Any] = {"method": meta["method"]}
+            if previous is not None and previous.method == meta["method"]:
+                earlier["config"] = previous.to_dict()
+            history.append(earlier)
+        meta["history"] = history
+    step: dict[str, Any] = {"method": config.method, "config": config.to_dict()}
+    used = (getattr(result, "info", None) or {}).get("num_calibration_samples")
+    if used is not None:
+        step["num_calibration_samples"] = int(used)
+    history.append(step)
 
 
 def prune(
@@ -71,16 +91,20 @@ def prune(
 
     Returns:
         The pruned model. ``model.save_pretrained(dir)`` writes the weights, the config,
-        ``pruning_config.json`` and ``sparsity_summary.json``.
+        ``pruning_config.json``, ``sparsity_summary.json`` and the model card. Each call appends a step (method,
+        configuration, calibration images actually used) to ``model.config.hf_sparsify["history"]``, so that a
+        model pruned twice (e.g. CAP, then VBP) credits both methods, in order, in its card.
 
     Example:
 
     ```python
     >>> import hf_sparsify
-    >>> from transformers import AutoModelForImageClassification
-    >>> model = AutoModelForImageClassification.from_pretrained("google/vit-base-patch16-224")
-    >>> pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5))
-    >>> print(hf_sparsify.sparsity_report(pruned))
+    >>> pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5))   # e.g. a transformers ViT
+    >>> round(hf_sparsify.sparsity_report(pruned).sparsity, 2)
+    0.5
+    >>> twice = hf_sparsify.prune(pruned, hf_sparsify.MagnitudeConfig(sparsity=0.7))
+    >>> [(step["method"], step["config"]["sparsity"]) for step in twice.config.hf_sparsify["history"]]
+    [('magnitude', 0.5), ('magnitude', 0.7)]
     ```
     """
     if not isinstance(config, PruningConfig):
@@ -130,6 +154,7 @@ def prune(
         model.train(was_training)
 
     meta = get_metadata(model.config)
+    _record_step(meta, config, result, previous=getattr(model, "pruning_config", None))
     meta["method"] = config.method
     meta["version"] = __version__
     if pruner.changes_shapes:

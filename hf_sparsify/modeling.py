@@ -2,7 +2,10 @@
 
 ```python
 >>> from hf_sparsify import AutoSparseModelForImageClassification
->>> model = AutoSparseModelForImageClassification.from_pretrained("vit-vbp-35")   # a folder or a Hub repo id
+>>> hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5)).save_pretrained(tmp_dir)
+>>> reloaded = AutoSparseModelForImageClassification.from_pretrained(tmp_dir)   # a folder or a Hub repo id
+>>> reloaded.pruning_config.method
+'magnitude'
 ```
 
 Unstructured checkpoints have the dense shapes and also load with plain ``AutoModelForImageClassification``.
@@ -13,61 +16,41 @@ missing, unexpected or mis-shaped tensor is an error, never a silent re-initiali
 
 Compressed checkpoints (``save_pretrained(dir, compressed=True)``, see :mod:`hf_sparsify.io.compressed`) are
 decoded and loaded the same way, strictly. Loading reads safetensors only (nothing is unpickled) and never needs
-``trust_remote_code``; a truncated or damaged weights file raises :class:`SparseCheckpointError`.
+``trust_remote_code``; a truncated or damaged weights file raises :class:`SparseCheckpointError`. Dense
+checkpoints load strictly too. Loading another class than the saved architecture (the backbone of a classifier
+checkpoint with :class:`AutoSparseModel`) tolerates only the tensors one of the two architectures lacks.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from typing import Any
 
+import torch
 import transformers
-from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .errors import HfSparsifyError
-from .io.save import SUMMARY_NAME, attach_pruning_state
+from .configuration import CONFIG_NAME, PruningConfig
+from .io.compressed import read_compressed_checkpoint
+from .io.load import HUB_KWARGS, SparseCheckpointError, from_pretrained_strict, optional_file
+from .io.summary import SUMMARY_NAME
+from .pruned import attach_pruning_state
 from .surgery.shapes import METADATA_KEY, apply_shapes, dense_config, is_structured
 
 __all__ = ["AutoSparseModel", "AutoSparseModelForImageClassification", "SparseCheckpointError"]
 
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
-
-class SparseCheckpointError(HfSparsifyError, RuntimeError):
-    """A pruned checkpoint does not match its recorded shapes (missing, unexpected or mis-shaped tensors)."""
-
-
-def _optional_file(path: str | os.PathLike, filename: str, hub_kwargs: dict[str, Any]) -> str | None:
-    """A file of a local folder or a Hub repo, or ``None`` when it is absent."""
-    local = os.path.join(str(path), hub_kwargs.get("subfolder") or "", filename)
-    if os.path.isfile(local):
-        return local
-    if os.path.isdir(str(path)):
-        return None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        allowed = {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")}
-        return hf_hub_download(str(path), filename, **allowed)
-    except Exception:  # noqa: BLE001 - an optional file
-        return None
-
-
-def _load_pruning_config(path: str | os.PathLike, hub_kwargs: dict[str, Any]):
-    from .configuration import CONFIG_NAME, PruningConfig
-
-    file = _optional_file(path, CONFIG_NAME, hub_kwargs)
+def _load_pruning_config(path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> PruningConfig | None:
+    file = optional_file(path, CONFIG_NAME, hub_kwargs)
     return PruningConfig.from_pretrained(file) if file else None
 
 
 def _restore_card_state(model, path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> None:
     """Give a reloaded model the evaluation results and card metadata its summary recorded, so that saving it
     again keeps them in the card."""
-    import json
-
-    file = _optional_file(path, SUMMARY_NAME, hub_kwargs)
+    file = optional_file(path, SUMMARY_NAME, hub_kwargs)
     if not file:
         return
     try:
@@ -82,27 +65,26 @@ def _restore_card_state(model, path: str | os.PathLike, hub_kwargs: dict[str, An
         model.pruning_card = card
 
 
-def _read_compressed(path: str | os.PathLike, compression: dict[str, Any], hub_kwargs: dict[str, Any]) -> dict:
-    from transformers.utils import cached_file
-
-    from .io.compressed import FORMAT, load_compressed
-
-    if compression.get("format") != FORMAT:
-        raise SparseCheckpointError(f"{path} uses compressed format {compression.get('format')!r}; this hf_sparsify reads {FORMAT!r}. Upgrade hf_sparsify.")
-    allowed = {k: v for k, v in hub_kwargs.items() if k != "proxies"}
-    file = cached_file(str(path), compression.get("file") or "model.compressed.safetensors", **allowed)
-    return load_compressed(file)
-
-
-def _strict(model_and_info, source) -> Any:
-    model, info = model_and_info
-    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if problems:
-        raise SparseCheckpointError(
-            f"{source} does not match its recorded pruned shapes: {problems}. "
-            "The weights file and config.json come from different models, or the file is damaged."
-        )
-    return model
+def _shape_record_for(model, meta: dict[str, Any]) -> dict[str, Any]:
+    """The shape record named as ``model`` names its modules: a backbone built from a classifier checkpoint's record
+    drops the base-model prefix (``vit.``) and the head's entries; a classifier on a backbone's record adds it."""
+    prefix = getattr(model, "base_model_prefix", "")
+    keys = ("module_shapes", "parameter_shapes", "module_attributes")
+    names = [name for key in keys for name in (meta.get(key) or {})]
+    if not prefix or not names:
+        return meta
+    has_base = isinstance(getattr(model, prefix, None), torch.nn.Module)
+    recorded_with_prefix = any(name.startswith(prefix + ".") for name in names)
+    if has_base == recorded_with_prefix:
+        return meta
+    out = dict(meta)
+    for key in keys:
+        entries = meta.get(key) or {}
+        if has_base:
+            out[key] = {f"{prefix}.{name}": value for name, value in entries.items()}
+        else:
+            out[key] = {name[len(prefix) + 1:]: value for name, value in entries.items() if name.startswith(prefix + ".")}
+    return out
 
 
 class _AutoSparseBase:
@@ -132,33 +114,30 @@ class _AutoSparseBase:
         ``revision``, ``token``...). ``ignore_mismatched_sizes`` is refused: shapes come from the checkpoint.
         """
         if kwargs.get("ignore_mismatched_sizes"):
-            raise ValueError("ignore_mismatched_sizes=True would re-initialise pruned weights; hf_sparsify loads recorded shapes exactly.")
-        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            raise SparseCheckpointError("ignore_mismatched_sizes=True would re-initialise pruned weights; hf_sparsify loads recorded shapes exactly.")
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = kwargs.pop("config", None)
         if config is None:
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         meta = dict(getattr(config, METADATA_KEY, None) or {})
         model_class = cls._model_class(config)
-        try:
-            model = cls._load(model_class, config, meta, pretrained_model_name_or_path, model_args, kwargs, hub_kwargs)
-        except SafetensorError as err:
-            raise SparseCheckpointError(
-                f"a weights file of {pretrained_model_name_or_path} is truncated or damaged ({err}). "
-                "Download it again (force_download=True) or save the model again."
-            ) from None
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = cls._load(model_class, config, meta, pretrained_model_name_or_path, model_args, kwargs, hub_kwargs)
         if meta:
             attach_pruning_state(model, config=_load_pruning_config(pretrained_model_name_or_path, hub_kwargs))
             model.pruning_structured = bool(meta.get("structured"))
             _restore_card_state(model, pretrained_model_name_or_path, hub_kwargs)
-        return model
+        return (model, info) if want_info else model
 
     @classmethod
     def _load(cls, model_class, config, meta, source, model_args, kwargs, hub_kwargs):
+        """Load strictly (:func:`hf_sparsify.io.load.from_pretrained_strict`): a missing, unexpected or mis-shaped
+        tensor raises :class:`SparseCheckpointError`, for dense, unstructured, structured and compressed checkpoints."""
         compression = meta.get("compression")
         if compression:
             # Decode the compact file into the state dict transformers wrote, then load it as transformers would.
-            state_dict = _read_compressed(source, compression, hub_kwargs)
-            load_kwargs = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
+            state_dict = read_compressed_checkpoint(source, compression, hub_kwargs)
+            load_kwargs = {k: v for k, v in kwargs.items() if k not in HUB_KWARGS}
             config = copy.deepcopy(config)
             config._name_or_path = str(source)
             getattr(config, METADATA_KEY).pop("compression", None)
@@ -171,16 +150,14 @@ class _AutoSparseBase:
 
             def __init__(self, cfg, *args, **kw):
                 model_class.__init__(self, cfg, *args, **kw)
-                apply_shapes(self, meta)
+                apply_shapes(self, _shape_record_for(self, meta))
 
             shaped = type(model_class.__name__, (model_class,), {"__init__": __init__, "__module__": model_class.__module__})
-            model = _strict(shaped.from_pretrained(target, *model_args, config=base_config, output_loading_info=True, **extra, **load_kwargs), source)
+            model, info = from_pretrained_strict(shaped, target, *model_args, config=base_config, output_loading_info=True, **extra, **load_kwargs)
             model.__class__ = model_class
-        elif compression:
-            model = _strict(model_class.from_pretrained(None, *model_args, config=config, output_loading_info=True, **extra, **load_kwargs), source)
         else:
-            model = model_class.from_pretrained(source, *model_args, config=config, **kwargs)
-        return model
+            model, info = from_pretrained_strict(model_class, target, *model_args, config=config, output_loading_info=True, **extra, **load_kwargs)
+        return model, info
 
 
 class AutoSparseModelForImageClassification(_AutoSparseBase):

@@ -104,3 +104,39 @@ def test_dataset_dict_asks_for_a_split(demo_calibration):
 def test_device_argument_runs_on_cpu():
     pruned = hf_sparsify.prune(make_tiny_model("vit"), MagnitudeConfig(sparsity=0.5), device="cpu")
     assert next(pruned.parameters()).device.type == "cpu"
+
+
+# --------------------------------------------------------------------------------------------- pruning history
+def test_each_prune_call_records_a_step_in_the_history():
+    model = make_tiny_model("vit")
+    once = hf_sparsify.prune(model, MagnitudeConfig(sparsity=0.3))
+    twice = hf_sparsify.prune(once, MagnitudeConfig(sparsity=0.6))
+    history = twice.config.hf_sparsify["history"]
+    assert [(s["method"], s["config"]["sparsity"]) for s in history] == [("magnitude", 0.3), ("magnitude", 0.6)]
+    assert len(once.config.hf_sparsify["history"]) == 1  # the input model is left untouched
+
+
+def test_cap_then_vbp_history_records_the_calibration_images_actually_used():
+    model = make_tiny_model("vit")
+    batches = tiny_batches(model, num_batches=2, batch=4)  # 8 images
+    cap = hf_sparsify.prune(model, hf_sparsify.CAPConfig(**hf_sparsify.CAPConfig.quick_settings), batches)
+    # VBP is asked for 64 images but only 8 exist: the history says 8
+    vbp = hf_sparsify.prune(cap, hf_sparsify.VBPConfig(pruning_ratio=0.3, round_to=1, num_calibration_samples=64), batches)
+    history = vbp.config.hf_sparsify["history"]
+    assert [s["method"] for s in history] == ["cap", "vbp"]
+    assert history[1]["num_calibration_samples"] == 8 and history[1]["config"]["num_calibration_samples"] == 64
+    assert vbp.config.hf_sparsify["method"] == "vbp" and vbp.pruning_config.method == "vbp"
+
+
+def test_a_checkpoint_without_history_starts_it_with_its_recorded_method(tmp_path):
+    """Checkpoints saved before the history existed name their method only: pruning them again credits both."""
+    import json
+
+    hf_sparsify.prune(make_tiny_model("vit"), MagnitudeConfig(sparsity=0.3)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["hf_sparsify"]["history"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(tmp_path)
+    again = hf_sparsify.prune(loaded, MagnitudeConfig(sparsity=0.5))
+    history = again.config.hf_sparsify["history"]
+    assert [(s["method"], s["config"]["sparsity"]) for s in history] == [("magnitude", 0.3), ("magnitude", 0.5)]

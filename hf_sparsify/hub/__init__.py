@@ -1,4 +1,5 @@
-"""Publishing: model cards (:mod:`.card`) and uploads to the Hugging Face Hub (:mod:`.push`)."""
+"""Publishing: model cards (:mod:`.card`, with :mod:`.context` and :mod:`.chart`) and uploads to the Hugging Face
+Hub (:mod:`.push`)."""
 
 from .card import (
     CARD_NAME,
@@ -10,7 +11,7 @@ from .card import (
     render_sparsity_chart,
     write_model_card,
 )
-from .push import HubPushError, push_to_hub
+from .push import HubPushError, PushArgumentError, check_push_access, push_to_hub
 
 __all__ = [
     "CARD_NAME",
@@ -18,7 +19,9 @@ __all__ = [
     "GENERATED_MARKER",
     "HubPushError",
     "ModelCardTemplateError",
+    "PushArgumentError",
     "build_model_card",
+    "check_push_access",
     "is_generated_card",
     "push_to_hub",
     "render_sparsity_chart",

@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import HfSparsifyError
 from ..surgery.masks import _from_groups, nm_groups_view
+from .load import SparseCheckpointError, optional_file
 
 __all__ = [
     "COMPRESSED_WEIGHTS_NAME",
@@ -51,6 +53,8 @@ __all__ = [
     "save_compressed",
     "load_compressed",
     "compress_checkpoint",
+    "compression_settings",
+    "read_compressed_checkpoint",
     "same_values",
 ]
 
@@ -59,9 +63,11 @@ FORMAT = "hf_sparsify.sparse/1"
 ENCODINGS = ("auto", "bitmask", "nm")
 
 
-def _error(message: str) -> Exception:
-    from ..modeling import SparseCheckpointError
+class CompressionSettingsError(HfSparsifyError, ValueError):
+    """``save_pretrained(compressed=...)`` got a value that names no encoding of the compressed format."""
 
+
+def _error(message: str) -> Exception:
     return SparseCheckpointError(message)
 
 
@@ -310,14 +316,16 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _dense_weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+    index = directory / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
         files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         return [directory / f for f in files] + [index]
-    single = directory / "model.safetensors"
+    single = directory / SAFE_WEIGHTS_NAME
     if single.is_file():
         return [single]
-    raise FileNotFoundError(f"{directory} holds no model.safetensors to compress")
+    raise FileNotFoundError(f"{directory} holds no {SAFE_WEIGHTS_NAME} to compress")
 
 
 def compress_checkpoint(directory: str | os.PathLike, encoding: str = "auto", nm: tuple[int, int] | None = None) -> dict[str, int]:
@@ -338,3 +346,39 @@ def compress_checkpoint(directory: str | os.PathLike, encoding: str = "auto", nm
     for file in files:
         file.unlink()
     return stats
+
+
+def compression_settings(pruning_config, compressed: bool | str | None) -> dict[str, Any] | None:
+    """What ``save_pretrained(compressed=...)`` records in ``config.json`` (format, file, encoding, N:M pattern), or
+    ``None`` for a dense save. ``compressed``: ``True``/``"auto"`` (N:M when the pruning config has an N:M pattern,
+    else the smallest encoding per tensor), ``"bitmask"``, ``"nm"`` or an ``"N:M"`` pattern such as ``"2:4"``."""
+    from ..configuration import parse_nm
+
+    if compressed is False or compressed is None:
+        return None
+    encoding = "auto" if compressed is True else str(compressed)
+    nm = pruning_config.nm_pattern() if pruning_config is not None else None
+    if ":" in encoding:
+        nm, encoding = parse_nm(encoding), "nm"
+    elif encoding == "auto" and nm is not None:
+        encoding = "nm"
+    if encoding not in ENCODINGS:
+        raise CompressionSettingsError(f"compressed must be True, 'bitmask', 'nm' or an 'N:M' pattern such as '2:4', got {compressed!r}")
+    if encoding == "nm" and nm is None:
+        raise CompressionSettingsError("compressed='nm' needs an N:M pattern: pass compressed='2:4' (or prune with an N:M mask structure such as '2:4').")
+    settings: dict[str, Any] = {"format": FORMAT, "file": COMPRESSED_WEIGHTS_NAME, "encoding": encoding}
+    if nm is not None:
+        settings["nm"] = list(nm)
+    return settings
+
+
+def read_compressed_checkpoint(source: str | os.PathLike, compression: dict[str, Any], hub_kwargs: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of the compressed checkpoint of a folder or Hub repo whose ``config.json`` recorded
+    ``compression`` (see :func:`compression_settings`)."""
+    if compression.get("format") != FORMAT:
+        raise _error(f"{source} uses compressed format {compression.get('format')!r}; this hf_sparsify reads {FORMAT!r}. Upgrade hf_sparsify.")
+    name = compression.get("file") or COMPRESSED_WEIGHTS_NAME
+    file = optional_file(source, name, hub_kwargs)
+    if file is None:
+        raise _error(f"{source} has no {name}, although its config.json records a compressed checkpoint: the folder or repo is incomplete.")
+    return load_compressed(file)

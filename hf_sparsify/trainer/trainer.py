@@ -51,7 +51,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..configuration import PruningConfig, PruningConfigError, get_method
 from ..data import CalibrationDataError, random_indices
-from ..io.save import attach_pruning_state
+from ..pruned import attach_pruning_state
 from ..surgery.shapes import get_metadata
 from ..utils import get_logger, progress
 from .distillation import DistillationConfig, DistillationError, check_teacher, distillation_loss

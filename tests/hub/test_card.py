@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from huggingface_hub import ModelCard
@@ -10,7 +11,7 @@ from huggingface_hub import ModelCard
 import hf_sparsify
 from hf_sparsify.configuration import citation_of
 from hf_sparsify.hub import CARD_NAME, CHART_NAME, GENERATED_MARKER, build_model_card
-from hf_sparsify.hub.card import normalize_metrics, normalize_speedups
+from hf_sparsify.io.summary import normalize_metrics, normalize_speedups
 from tests.hub_server import validate_card
 from tests.io.models import structured_model, unstructured_model
 
@@ -195,3 +196,40 @@ def test_the_validator_rejects_bad_metadata():
     assert validate_card("---\nlicense: not-a-licence\n---\n") != []
     assert validate_card("---\nmodel-index:\n- name: x\n  results:\n  - task: {type: image-classification}\n    dataset: {type: c, name: C}\n    metrics: [{type: accuracy, value: high}]\n---\n") != []
     assert validate_card("---\nbase_model: /abs/path\n---\n") != []
+
+
+# --------------------------------------------------------------------------------------------- facts
+def test_a_model_pruned_twice_credits_both_methods_in_order(tmp_path):
+    from tests.conftest import make_tiny_model, tiny_batches
+
+    model = make_tiny_model("vit")
+    batches = tiny_batches(model, num_batches=2, batch=4)
+    cap = hf_sparsify.prune(model, hf_sparsify.CAPConfig(**hf_sparsify.CAPConfig.quick_settings), batches)
+    both = hf_sparsify.prune(cap, hf_sparsify.VBPConfig(pruning_ratio=0.3, round_to=1, num_calibration_samples=64), batches)
+    both.save_pretrained(tmp_path)
+    text = (tmp_path / CARD_NAME).read_text()
+    cap_title, vbp_title = citation_of("cap").title, citation_of("vbp").title
+    assert f"Method: **{cap_title}, then {vbp_title}**" in text
+    assert f"pruned in 2 steps with {cap_title}, then {vbp_title}" in text
+    assert f"1. {cap_title} to sparsity 0.5" in text and f"2. {vbp_title} to pruning ratio 0.3, from 8 calibration images" in text
+    assert citation_of("cap").bibtex in text and citation_of("vbp").bibtex in text
+    assert text.index(citation_of("cap").bibtex) < text.index(citation_of("vbp").bibtex)
+    meta = _metadata(ModelCard.load(tmp_path / CARD_NAME))
+    assert "cap" in meta["tags"] and "vbp" in meta["tags"]
+    # the number of calibration images actually used (8), not the number asked for (64)
+    assert "64 calibration" not in text and "8 calibration images in step 2" in text
+    # CAP's count once its result records it; until then the card says it is not recorded (never the number asked as used)
+    assert re.search(r"used (4 calibration images|an unrecorded number of calibration images \(up to 4 asked for\)) in step 1", text)
+    # the folder's card is rebuilt from the same facts
+    assert build_model_card(tmp_path, chart=CHART_NAME).text == ModelCard.load(tmp_path / CARD_NAME).text
+
+
+def test_the_card_states_the_calibration_images_actually_used(tmp_path):
+    from tests.conftest import make_tiny_model, tiny_batches
+
+    model = make_tiny_model("vit")
+    pruned = hf_sparsify.prune(model, hf_sparsify.VBPConfig(pruning_ratio=0.3, round_to=1, num_calibration_samples=1000), tiny_batches(model, num_batches=3, batch=4))
+    pruned.save_pretrained(tmp_path)
+    text = (tmp_path / CARD_NAME).read_text()
+    assert "The pruning decisions used 12 calibration images" in text and "1000" not in text.split("```json")[0]
+    assert "pruning ratio 0.3, from 12 calibration images" not in text  # one step: no step list

@@ -18,6 +18,7 @@ def structured_model(seed: int = 0):
     """A tiny ViT with MLP neurons and heads removed by hand with surgery.keep_units, as VBP does."""
     import hf_sparsify
     from hf_sparsify.adapters import ATTENTION_HEAD, MLP_NEURON
+    from hf_sparsify.pruned import attach_pruning_state
     from hf_sparsify.surgery import keep_units, record_shapes
 
     model = make_tiny_model("vit", seed=seed)
@@ -26,7 +27,7 @@ def structured_model(seed: int = 0):
         keep_units(model, group, torch.arange(0, group.num_units - 8 * (i + 1)))
     for group in adapter.structure_groups([ATTENTION_HEAD])[:1]:
         keep_units(model, group, torch.tensor([0, 2, 3]))
-    hf_sparsify.io.attach_pruning_state(model, hf_sparsify.VBPConfig(pruning_ratio=0.25))
+    attach_pruning_state(model, hf_sparsify.VBPConfig(pruning_ratio=0.25))
     model.pruning_structured = True
     record_shapes(model)
     return model

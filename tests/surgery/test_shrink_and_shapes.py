@@ -8,6 +8,7 @@ from transformers import AutoModelForImageClassification
 
 import hf_sparsify
 from hf_sparsify.adapters import ATTENTION_HEAD, get_adapter
+from hf_sparsify.pruned import attach_pruning_state
 from hf_sparsify.surgery import fold_into_bias, is_structured, keep_units, record_shapes, remove_units
 from tests.conftest import make_tiny_model, tiny_pixel_values
 
@@ -62,7 +63,7 @@ def test_structured_checkpoint_reloads_in_one_call(family, tmp_path):
     _hand_shrink(model)
     record_shapes(model)
     assert is_structured(model.config)
-    hf_sparsify.io.attach_pruning_state(model)
+    attach_pruning_state(model)
     model.save_pretrained(tmp_path)
     loaded = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(tmp_path)
     assert type(loaded) is type(model)
@@ -93,7 +94,7 @@ print("LOADED")
 def test_plain_transformers_fails_loudly_on_non_uniform_widths(family, tmp_path):
     model = make_tiny_model(family)
     _hand_shrink(model)
-    hf_sparsify.io.attach_pruning_state(model)
+    attach_pruning_state(model)
     model.pruning_structured = True
     model.save_pretrained(tmp_path)
     out = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(tmp_path), "0"], capture_output=True, text=True, timeout=120)
@@ -112,7 +113,7 @@ def test_uniform_widths_set_the_standard_field_and_plain_transformers_loads(fami
     model = make_tiny_model(family)
     _hand_shrink(model, uniform=True)
     record_shapes(model)
-    hf_sparsify.io.attach_pruning_state(model)
+    attach_pruning_state(model)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert "per_layer_config" not in config
@@ -144,7 +145,7 @@ def test_fold_refused_for_grn():
 def test_corrupted_shape_record_is_an_error(tmp_path):
     model = make_tiny_model("vit")
     _hand_shrink(model)
-    hf_sparsify.io.attach_pruning_state(model)
+    attach_pruning_state(model)
     model.pruning_structured = True
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
