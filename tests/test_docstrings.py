@@ -3,7 +3,7 @@ docstring (inside ```python fences or not) are executed as doctests (outputs com
 
 As in ``doctest``, an example sees the globals of its module; besides, these names are set up fresh for each: ``model`` (the bundled trained tiny ViT),
 ``processor`` (its image processor), ``calibration`` (the bundled 1,000-image CIFAR-10 calibration ``Dataset``),
-``tmp_dir`` (an empty temporary folder), ``torch`` and ``hf_sparsify``.
+``tmp_dir`` (an empty temporary folder, a ``pathlib.Path``), ``torch`` and ``hf_sparsify``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_docstring_example_runs(module_name, qualname, block, _assets, tmp_path)
         "model": copy.deepcopy(model),
         "processor": processor,
         "calibration": calibration,
-        "tmp_dir": str(tmp_path),
+        "tmp_dir": tmp_path,
         "torch": torch,
         "hf_sparsify": hf_sparsify,
     }
