@@ -35,13 +35,20 @@ def _as_list(value) -> list | None:
     return list(value) if value else None
 
 
+def _reached(step: dict[str, Any]) -> str:
+    if isinstance(step.get("sparsity"), float):
+        return f" → {step['sparsity']:.1%}"
+    target = step.get("target") or {}
+    return "".join(f" → {name}={value!r}" for name, value in target.items())
+
+
 def training_record(*, global_step: int, epoch: float | None, history: list[dict[str, Any]], schedule: PruningSchedule | None = None, distillation: DistillationConfig | None = None) -> dict[str, Any]:
     """The run's record saved in the model's config (``config.hf_sparsify["recovery"]``)."""
     return {
         "trainer": "SparseTrainer",
         "global_step": global_step,
         "epochs": round(float(epoch or 0.0), 4),
-        "pruning_steps": [{"step": r["step"], "sparsity": r.get("sparsity")} for r in history],
+        "pruning_steps": [{"step": r["step"], "sparsity": r.get("sparsity"), **({"target": r["target"]} if "target" in r else {})} for r in history],
         "schedule": schedule.to_dict() if schedule is not None else None,
         "distillation": distillation.to_dict() if distillation is not None else None,
     }
@@ -51,9 +58,7 @@ def card_lines(record: dict[str, Any], history: list[dict[str, Any]], schedule: 
     """The lines of the model card's recovery section (``model.pruning_training``)."""
     card: dict[str, Any] = {"trainer": "SparseTrainer", "optimizer steps": record["global_step"], "epochs": record["epochs"]}
     if history:
-        card["pruning steps"] = ", ".join(
-            f"step {r['step']}" + (f" → {r['sparsity']:.1%}" if isinstance(r.get("sparsity"), float) else "") for r in history
-        )
+        card["pruning steps"] = ", ".join(f"step {r['step']}{_reached(r)}" for r in history)
     if schedule is not None:
         card["schedule"] = schedule.describe()
     if distillation is not None:

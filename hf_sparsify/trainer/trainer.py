@@ -237,8 +237,9 @@ class SparseTrainer(Trainer):
         return bool(self.args.disable_tqdm) or not self.is_local_process_zero()
 
     def _target_is_sparsity(self) -> bool:
-        """Whether the config's target is a fraction to log as ``sparsity_target`` (a ramped target is; a speed-up
-        that a schedule may not interpolate is not)."""
+        """Whether the config's target is a fraction of the weights, recorded as ``sparsity`` and logged as
+        ``sparsity_target`` (an interpolable target is; a speed-up, which a schedule may not ramp, is recorded as
+        ``target`` only)."""
         return self.pruning_config is None or self.pruning_config.target_interpolable
 
     # ------------------------------------------------------------------------------------------ schedule
@@ -347,12 +348,18 @@ class SparseTrainer(Trainer):
         check_masks_identical(self.masks, self.accelerator)
         seconds = time.perf_counter() - started
         measured = self.masks.sparsity()
-        record = {"step": self.state.global_step, "planned_step": step, "sparsity": config.target, "measured_sparsity": measured["global"], "seconds": round(seconds, 3)}
+        target_is_sparsity = self._target_is_sparsity()
+        record = {
+            "step": self.state.global_step, "planned_step": step, "sparsity": config.target if target_is_sparsity else None,
+            "measured_sparsity": measured["global"], "seconds": round(seconds, 3),
+        }
+        if not target_is_sparsity:
+            record["target"] = {config.target_field: config.target}
         self.pruning_history.append(record)
         logger.info(f"SparseTrainer: {desc} done in {seconds:.1f} s; measured sparsity {measured['global']:.2%}.")
         if not self._pruner_class.changes_shapes or self.state.global_step > 0:
             logs = {"sparsity": measured["global"], "pruning_steps": len(self.pruning_history), "pruning_time": seconds}
-            if isinstance(config.target, float) and self._target_is_sparsity():
+            if isinstance(config.target, float) and target_is_sparsity:
                 logs["sparsity_target"] = config.target
             logs.update({f"sparsity/{name}": value for name, value in measured["layers"].items()})
             self.log(logs)
