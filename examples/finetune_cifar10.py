@@ -227,7 +227,7 @@ def main(argv=None) -> dict:
         print(f"loaded {args.pruned_model}: {results['one_shot']['accuracy']:.2%}")
     elif args.schedule == "one-shot":
         t0 = time.perf_counter()
-        student = hf_sparsify.prune(student, config, calibration_loader(train_plain, args.calibration_batch_size, args.seed), inplace=True)
+        student = hf_sparsify.prune(student, config, calibration_loader(train_plain, config.effective_batch_size, args.seed), inplace=True)
         results["pruning_seconds"] = round(time.perf_counter() - t0, 1)
         results["one_shot"] = evaluate(student, test, device)
         print(f"one-shot {args.method} {args.sparsity:.0%}: {results['one_shot']['accuracy']:.2%} (pruned in {results['pruning_seconds']} s)")
