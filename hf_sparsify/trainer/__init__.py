@@ -21,6 +21,7 @@ See ``docs/training.md``.
 from .distillation import DistillationConfig, DistillationError, distillation_loss, kd_loss
 from .masks import MASKS_NAME, MaskState
 from .schedules import PruningSchedule, PruningScheduleError, cyclic_linear_factor
+from .sync import MasksDifferError
 from .trainer import SPARSE_STATE_NAME, SparseTrainer
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "DistillationConfig",
     "DistillationError",
     "MaskState",
+    "MasksDifferError",
     "PruningSchedule",
     "PruningScheduleError",
     "SparseTrainer",
