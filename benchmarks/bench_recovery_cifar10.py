@@ -5,7 +5,7 @@ Each row's ``results.json`` lands in ``OUTPUT/<method>-<sparsity>/``; this scrip
 the load average before and after) and a Markdown table for benchmarks/RESULTS.md.
 
     python benchmarks/bench_recovery_cifar10.py --epochs 2 [--rows cap:0.7,magnitude:0.7,cap:0.8,magnitude:0.8]
-        [--reuse-pruned] [--output runs/recovery] [-- extra flags for the example]
+        [--reuse-pruned] [--output runs/recovery] [--sparsity-distribution global] [-- extra flags for the example]
 
 ``--reuse-pruned`` starts from ``OUTPUT/<method>-<sparsity>-oneshot/model`` when an earlier ``--epochs 0`` run
 saved it (the row then reports the pruning time of that run).
@@ -31,6 +31,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--output", default="runs/recovery")
     parser.add_argument("--reuse-pruned", action="store_true")
+    parser.add_argument(
+        "--sparsity-distribution", default="global",
+        help="passed to every row (the figures in RESULTS.md: global, CAP's default and magnitude's global ranking)",
+    )
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed to the example after --")
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
@@ -40,7 +44,7 @@ def main() -> None:
         method, sparsity = spec.split(":")
         name = f"{method}-{float(sparsity):.2f}"
         command = [sys.executable, str(EXAMPLE), "--method", method, "--sparsity", sparsity, "--epochs", str(args.epochs),
-                   "--output-dir", str(out / name), *extra]
+                   "--sparsity-distribution", args.sparsity_distribution, "--output-dir", str(out / name), *extra]
         pruned = out / f"{name}-oneshot"
         if args.reuse_pruned and (pruned / "model" / "config.json").is_file():
             command += ["--pruned-model", str(pruned / "model")]

@@ -10,6 +10,11 @@
 The images are decoded once into a uint8 tensor (50,000 × 3 × 32 × 32, 150 MB) and augmented on the fly
 (random crop with 4-pixel padding, horizontal flip): a standard Trainer script with a torch Dataset.
 
+``--sparsity`` sets the method's target (its configuration's ``target_field``: VBP's ``pruning_ratio``); the method
+settings (``--sparsity-distribution``, ``--num-grads``, ``--fisher-block-size``) set the fields of the same name of
+the methods whose configuration has them, and default to the method's own. The saved model carries its image
+processor, so ``transformers.pipeline("image-classification", model=".../model")`` and ``hf-sparsify evaluate`` load it.
+
 Small settings for a CPU (minutes)::
 
     python examples/finetune_cifar10.py --method magnitude --sparsity 0.7 --epochs 1 --train-samples 10000
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -104,16 +110,37 @@ def evaluate(model, dataset: CifarTensors, device, batch_size: int = 1000) -> di
 
 
 # ------------------------------------------------------------------------------------------------ pruning
+#: flags of this script that set a field of the method's configuration; each is passed to every method whose config
+#: class has that field (left out: the method's own default), and refused for a method without it
+METHOD_SETTINGS = {"sparsity_distribution": str, "num_grads": int, "fisher_block_size": int}
+
+
+def setting_help(name: str) -> str:
+    """The help of the config field ``name``, and the methods whose configuration has it."""
+    configuration = hf_sparsify.configuration
+    helps, methods = [], []
+    for method in configuration.available_methods():
+        field = {f.name: f for f in dataclasses.fields(configuration.get_method(method).config_class)}.get(name)
+        if field is not None:
+            methods.append(method)
+            helps.append(field.metadata.get("help", ""))
+    return f"{helps[0] if helps else ''} ({', '.join(methods) or 'no registered method'})".replace("%", "%%")
+
+
 def pruning_config(args) -> PruningConfig:
-    entry = hf_sparsify.configuration.get_method(args.method)
-    fields = {"method": args.method, entry.config_class.target_field: args.sparsity, "seed": args.seed,
-              "calibration_batch_size": args.calibration_batch_size}
-    if args.method in ("cap", "woodfisher", "fastcap"):
-        fields["num_grads"] = args.num_grads
-        fields["fisher_block_size"] = args.fisher_block_size
-    elif args.method == "magnitude":
-        fields["sparsity_distribution"] = args.sparsity_distribution
-    return PruningConfig.from_dict(fields)
+    """The method's configuration: ``--sparsity`` sets the field the method declares as its target
+    (``config_class.target_field``), the method settings set the fields of the same name."""
+    config_class = hf_sparsify.configuration.get_method(args.method).config_class
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    values = {config_class.target_field: args.sparsity, "seed": args.seed, "calibration_batch_size": args.calibration_batch_size}
+    for name in METHOD_SETTINGS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in fields:
+            raise SystemExit(f"--{name.replace('_', '-')} is not a setting of {args.method} ({config_class.__name__}): leave it out.")
+        values[name] = value
+    return config_class(**values)
 
 
 def calibration_loader(train: CifarTensors, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
@@ -129,21 +156,21 @@ def device_name(device: torch.device) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEMO_MODEL_DIR), help="dense model folder or Hub id (default: the bundled tiny ViT)")
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "cifar10"), help="folder with train.parquet and test.parquet")
     parser.add_argument("--method", default="cap", help="any registered method: cap, magnitude, fastcap, woodfisher, ...")
-    parser.add_argument("--sparsity", type=float, default=0.7)
-    parser.add_argument("--sparsity-distribution", default="global", help="magnitude only: global or uniform")
+    parser.add_argument("--sparsity", type=float, default=0.7, help="the method's target (its config's target_field: sparsity, VBP's pruning_ratio)")
     parser.add_argument("--pruned-model", default=None, help="skip one-shot pruning: start from a model this script (or hf_sparsify.prune) saved")
     parser.add_argument("--schedule", choices=["one-shot", "gradual"], default="one-shot")
     parser.add_argument("--initial-sparsity", type=float, default=0.4, help="gradual: sparsity of the first pruning step")
     parser.add_argument("--prune-every", type=float, default=1.0, help="gradual: epochs between pruning steps")
     parser.add_argument("--prune-until", type=float, default=None, help="gradual: epoch of the last pruning step (default: half of --epochs)")
     parser.add_argument("--cyclic-lr", action="store_true", help="gradual: CAP's cyclic linear LR restarting at every pruning step")
-    parser.add_argument("--num-grads", type=int, default=1024, help="CAP/WoodFisher/FastCAP: mini-batch gradients in the Fisher")
-    parser.add_argument("--fisher-block-size", type=int, default=192)
+    settings = parser.add_argument_group("method settings", "fields of the method's configuration, for the methods that have them (default: the method's own)")
+    for name, kind in METHOD_SETTINGS.items():
+        settings.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=setting_help(name))
     parser.add_argument("--calibration-batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=float, default=1.0, help="recovery epochs (0: evaluate the one-shot model only)")
     parser.add_argument("--train-samples", type=int, default=None, help="recover on a random subset of the train split")
@@ -161,7 +188,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="runs/finetune_cifar10")
     parser.add_argument("--report-to", default="none", help="tensorboard, wandb, ... (Trainer's report_to)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
 
     transformers.set_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -196,7 +227,7 @@ def main(argv=None) -> dict:
         print(f"loaded {args.pruned_model}: {results['one_shot']['accuracy']:.2%}")
     elif args.schedule == "one-shot":
         t0 = time.perf_counter()
-        student = hf_sparsify.prune(student, config, calibration_loader(train_plain, args.calibration_batch_size, args.seed), inplace=True)
+        student = hf_sparsify.prune(student, config, calibration_loader(train_plain, config.effective_batch_size, args.seed), inplace=True)
         results["pruning_seconds"] = round(time.perf_counter() - t0, 1)
         results["one_shot"] = evaluate(student, test, device)
         print(f"one-shot {args.method} {args.sparsity:.0%}: {results['one_shot']['accuracy']:.2%} (pruned in {results['pruning_seconds']} s)")
@@ -241,6 +272,7 @@ def main(argv=None) -> dict:
         train_dataset=train,
         data_collator=collate,
         compute_metrics=compute_accuracy,
+        processing_class=processor,  # saved with the model: pipeline() and `hf-sparsify evaluate` load it
         teacher_model=None if args.no_distill else dense,
         distillation=None if args.no_distill else DistillationConfig(temperature=args.temperature, distillation_weight=args.distill_weight),
         **trainer_kwargs,

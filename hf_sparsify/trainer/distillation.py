@@ -6,15 +6,23 @@ across temperatures). When the student is a ``DeiTForImageClassificationWithTeac
 the class-token head and the distillation term trains the distillation-token head, as in DeiT (Touvron et al.,
 2021); ``distillation_type="hard"`` uses DeiT's hard distillation, the cross-entropy with the teacher's argmax.
 
+``SparseTrainer(..., teacher_model=dense, distillation=DistillationConfig(temperature=2.0))`` trains with it; the
+loss alone:
+
 ```python
->>> from hf_sparsify import DistillationConfig, SparseTrainer
->>> trainer = SparseTrainer(model=pruned, teacher_model=dense, distillation=DistillationConfig(temperature=2.0), ...)
+>>> from hf_sparsify import DistillationConfig
+>>> from hf_sparsify.trainer import distillation_loss
+>>> student, teacher = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[1.0, 0.5, -1.0]])
+>>> loss, parts = distillation_loss({"logits": student}, teacher, torch.tensor([0]), DistillationConfig(temperature=2.0))
+>>> {name: round(float(value), 4) for name, value in parts.items()}
+{'teacher_loss': 0.2329, 'label_loss': 0.1698}
 ```
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +30,7 @@ from torch import nn
 
 from ..errors import HfSparsifyError
 
-__all__ = ["DistillationConfig", "DistillationError", "distillation_loss", "kd_loss", "check_teacher"]
+__all__ = ["DistillationConfig", "DistillationError", "LossParts", "check_teacher", "distillation_loss", "kd_loss", "label_logits"]
 
 
 class DistillationError(HfSparsifyError, ValueError):
@@ -84,7 +92,15 @@ def _logits(output, name: str) -> torch.Tensor:
     value = getattr(output, name, None)
     if value is None and isinstance(output, dict):
         value = output.get(name)
+    if value is None:
+        raise KeyError(f"the model's output has no {name!r}: the model's adapter named it as a logits output.")
     return value
+
+
+def label_logits(output, heads: tuple[str, str] | None = None) -> torch.Tensor:
+    """The logits the label loss trains: the class-token head's (``heads[0]``) when the model has a second,
+    distillation head, else ``logits``."""
+    return _logits(output, heads[0] if heads else "logits")
 
 
 def distillation_loss(
@@ -94,27 +110,73 @@ def distillation_loss(
     config: DistillationConfig,
     *,
     label_smoothing: float = 0.0,
+    heads: tuple[str, str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The combined loss and its parts (``{"teacher_loss", "label_loss"}``, detached).
 
-    ``student_output`` is the student's model output; a ``DeiTForImageClassificationWithTeacher`` output (with
-    ``cls_logits`` and ``distillation_logits``) sends the label loss to the class head and the teacher term to the
-    distillation head.
+    Args:
+        student_output: the student's model output (or a dict of its logits).
+        teacher_logits: the teacher's logits for the same batch.
+        labels: the dataset labels (``None``: the teacher term only).
+        config: the loss settings.
+        label_smoothing: of the label cross-entropy.
+        heads: ``(class-token logits key, distillation-token logits key)`` when the student has a second head
+            trained from the teacher, as its adapter's ``distillation_outputs()`` tells (DeiT with teacher:
+            ``("cls_logits", "distillation_logits")``): the label loss goes to the first, the teacher term to the
+            second. ``None``: both terms train ``logits``.
     """
-    distill_logits = _logits(student_output, "distillation_logits")
-    if distill_logits is not None:
-        label_logits = _logits(student_output, "cls_logits")
+    if heads:
+        label_head, distill_head = _logits(student_output, heads[0]), _logits(student_output, heads[1])
     else:
-        label_logits = distill_logits = _logits(student_output, "logits")
+        label_head = distill_head = _logits(student_output, "logits")
     parts: dict[str, torch.Tensor] = {}
-    teacher_term = kd_loss(distill_logits, teacher_logits, config.temperature, config.distillation_type)
+    teacher_term = kd_loss(distill_head, teacher_logits, config.temperature, config.distillation_type)
     parts["teacher_loss"] = teacher_term.detach()
     loss = config.distillation_weight * teacher_term
     if labels is not None and config.hard_label_weight > 0:
-        label_term = F.cross_entropy(label_logits.float(), labels, label_smoothing=label_smoothing)
+        label_term = F.cross_entropy(label_head.float(), labels, label_smoothing=label_smoothing)
         parts["label_loss"] = label_term.detach()
         loss = loss + config.hard_label_weight * label_term
     return loss, parts
+
+
+class LossParts:
+    """Running sums of the loss parts (``teacher_loss``, ``label_loss``) between two training logs.
+
+    ```python
+    >>> from hf_sparsify.trainer.distillation import LossParts
+    >>> meter = LossParts()
+    >>> meter.add({"teacher_loss": torch.tensor(1.0)}); meter.add({"teacher_loss": torch.tensor(3.0)})
+    >>> meter.averages()
+    {'teacher_loss': 2.0}
+    >>> meter.averages()          # read once: the sums restart
+    {}
+    ```
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        """Add one batch's parts."""
+        for key, value in parts.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value.detach().float()
+        self._count += 1
+
+    def averages(self, reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+        """The mean of each part over the batches added since the last call (then the sums restart);
+        ``reduce_mean`` averages a tensor over the processes (``accelerator.reduce(t, reduction="mean")``)."""
+        out: dict[str, float] = {}
+        if self._count:
+            for key in sorted(self._sums):
+                value = torch.as_tensor(self._sums[key], dtype=torch.float32) / self._count
+                out[key] = float((reduce_mean(value) if reduce_mean is not None else value).item())
+        self.reset()
+        return out
 
 
 def _label_names(config) -> dict[int, str] | None:

@@ -11,10 +11,13 @@ while an optimizer trains the model:
 
 ```python
 >>> from hf_sparsify.trainer import MaskState
->>> masks = MaskState.from_weights(pruned_model)       # masks read off the zeros of the prunable layers
+>>> pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.7))
+>>> masks = MaskState.from_weights(pruned)       # masks read off the zeros of the prunable layers
 >>> masks.attach_gradient_hooks()
->>> ... optimizer.step(); masks.apply()
->>> masks.sparsity()["global"]
+>>> optimizer = torch.optim.AdamW(pruned.parameters(), lr=1e-3, weight_decay=0.05)
+>>> pruned(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1])).loss.backward()
+>>> optimizer.step(); masks.apply()              # weight decay moved the zeros; apply() restores them
+>>> round(masks.sparsity()["global"], 3)
 0.7
 ```
 """

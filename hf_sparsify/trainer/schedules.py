@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from ..errors import HfSparsifyError
 
-__all__ = ["PruningSchedule", "PruningScheduleError", "cyclic_linear_factor"]
+__all__ = ["PruningSchedule", "PruningScheduleError", "cyclic_linear_factor", "cyclic_lr_scheduler"]
 
 RAMPS = ("constant", "linear", "cubic", "segments")
 UNITS = ("steps", "epochs")
@@ -306,3 +306,22 @@ def cyclic_linear_factor(step: int, boundaries: Sequence[int], max_steps: int, m
                 return 1.0
             return 1.0 - (1.0 - min_ratio) * (step - lo) / (length - 1)
     return min_ratio
+
+
+def cyclic_lr_scheduler(optimizer, schedule: PruningSchedule, boundaries: Sequence[int], max_steps: int, learning_rate: float):
+    """CAP's cyclic linear learning rate as a ``LambdaLR`` on ``optimizer``: from ``learning_rate`` down to
+    ``schedule.min_learning_rate`` in every cycle between the pruning steps ``boundaries``."""
+    import torch
+
+    if schedule.min_learning_rate > learning_rate:
+        raise PruningScheduleError(
+            f"min_learning_rate={schedule.min_learning_rate} is above learning_rate={learning_rate}: each cycle decays "
+            "from learning_rate down to min_learning_rate."
+        )
+    min_ratio = schedule.min_learning_rate / learning_rate if learning_rate > 0 else 0.0
+    boundaries = list(boundaries)
+
+    def factor(step: int) -> float:
+        return cyclic_linear_factor(step, boundaries, max_steps, min_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,44 +1,56 @@
 """``SparseTrainer``: transformers' ``Trainer`` for recovery finetuning of pruned models.
 
-Two lines change in an existing Trainer script:
+Two lines change in an existing Trainer script (here on the bundled tiny ViT and its CIFAR-10 images):
 
 ```python
->>> from hf_sparsify import SparseTrainer, CAPConfig, PruningSchedule          # 1
->>> trainer = SparseTrainer(                                                     # 2: was Trainer(
-...     model=model, args=training_args, train_dataset=train, eval_dataset=test, data_collator=collate,
-...     pruning_config=CAPConfig(sparsity=0.7),              # prune (one-shot before the first step by default)
-...     schedule=PruningSchedule.gradual(initial_sparsity=0.4, end=2000, every=500),   # or prune gradually
-...     teacher_model=dense_model,                            # distil from the dense model
+>>> import copy
+>>> from transformers import TrainingArguments
+>>> from hf_sparsify import SparseTrainer, MagnitudeConfig, PruningSchedule          # 1
+>>> def collate(rows):
+...     pixels = processor([row["image"] for row in rows], return_tensors="pt")["pixel_values"]
+...     return {"pixel_values": pixels, "labels": torch.tensor([row["label"] for row in rows])}
+>>> args = TrainingArguments(tmp_dir, max_steps=4, per_device_train_batch_size=16, use_cpu=True, report_to=[],
+...                          remove_unused_columns=False, disable_tqdm=True)
+>>> trainer = SparseTrainer(                                                          # 2: was Trainer(
+...     model=model, args=args, train_dataset=calibration, data_collator=collate,
+...     pruning_config=MagnitudeConfig(sparsity=0.5),       # prune (one-shot before the first step by default)
+...     schedule=PruningSchedule.gradual(initial_sparsity=0.3, end=2, every=2),  # or prune gradually
+...     teacher_model=copy.deepcopy(model),                  # distil from the dense model
 ... )
->>> trainer.train()
->>> trainer.save_model("vit-cap-70")     # reloads with hf_sparsify.AutoSparseModelForImageClassification
+>>> result = trainer.train()       # the Trainer prints its logs, with the sparsity of every pruning step
+{'sparsity': '0.3', 'pruning_steps': 1, 'pruning_time': ..., 'sparsity_target': '0.3', ...}
+{'sparsity': '0.5', 'pruning_steps': 2, 'pruning_time': ..., 'sparsity_target': '0.5', ...}
+{'train_runtime': ...}
+>>> [(step["step"], step["sparsity"]) for step in trainer.pruning_history]
+[(0, 0.3), (2, 0.5)]
+>>> trainer.save_model(f"{tmp_dir}/vit-50")   # reloads with hf_sparsify.AutoSparseModelForImageClassification
+>>> round(hf_sparsify.sparsity_report(trainer.model).sparsity, 3)
+0.5
 ```
 
 What it adds to ``Trainer``:
 
 * **Fixed masks.** Pruned weights stay exactly zero through every optimizer step (AdamW weight decay, gradient
   clipping, gradient accumulation, fp16/bf16 mixed precision, ``torch.compile``): gradients of pruned entries are
-  zeroed as they are computed and the masks are re-applied after every optimizer step. A model pruned before
-  (any method) keeps the zeros it has; a structurally pruned (physically smaller) model simply trains.
+  zeroed as they are computed and the masks are re-applied after every optimizer step (:mod:`.masks`). A model
+  pruned before (any method) keeps the zeros it has; a structurally pruned (physically smaller) model simply trains.
 * **Pruning during training.** With ``pruning_config`` the method runs at the points of ``schedule`` (one-shot
-  before the first step by default), each time on fresh calibration batches drawn at random from the training
-  data (or ``calibration_dataset``); optionally CAP's cyclic linear learning rate that restarts at each step.
-* **Distillation** from ``teacher_model`` (see :mod:`hf_sparsify.trainer.distillation`).
+  before the first step by default; :mod:`.pruning`), each time on fresh calibration batches drawn at random from
+  the training data or ``calibration_dataset`` (:mod:`.calibration`); optionally CAP's cyclic linear learning rate
+  that restarts at each step (:mod:`.schedules`).
+* **Distillation** from ``teacher_model`` (:mod:`.distillation`).
 * **Logs** ``sparsity`` (global, measured), ``sparsity_target``, ``pruning_steps``, ``teacher_loss`` and
   ``label_loss`` with every training log, and ``sparsity/<layer>`` at every pruning step, through ``Trainer.log``
   (so TensorBoard / ``report_to`` get them).
-* **Checkpoints** hold the masks (``sparsity_masks.safetensors``) and the schedule state
-  (``sparse_trainer_state.json``); ``resume_from_checkpoint`` continues with the same masks and the same next
-  pruning step.
-* **Accelerate.** The same script runs on 1 or N processes: every process runs the pruning method (methods may
-  share work across processes), rank 0's pruned weights are then broadcast, and the masks are checked identical
-  on every process (a fingerprint all-reduce) after every pruning step.
+* **Checkpoints** hold the masks and the schedule state; ``resume_from_checkpoint`` continues with the same masks
+  and the same next pruning step, and weights load strictly (:mod:`.checkpoint`).
+* **Accelerate.** The same script runs on 1 or N processes: every process runs the pruning method, rank 0's pruned
+  weights are then broadcast and the masks checked identical on every process (:mod:`.sync`).
+* **One model card**: hf_sparsify's, with transformers' training data merged in (:mod:`.model_card`).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 import warnings
@@ -49,48 +61,23 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, has_length
 
-from ..configuration import PruningConfig, PruningConfigError, get_method
-from ..data import CalibrationDataError, random_indices
+from ..adapters import get_adapter
+from ..configuration import PruningConfig
 from ..pruned import attach_pruning_state
 from ..surgery.shapes import get_metadata
-from ..utils import get_logger, progress
-from .distillation import DistillationConfig, DistillationError, check_teacher, distillation_loss
+from ..utils import get_logger
+from .calibration import PruningCalibration, check_calibration_dataset
+from .checkpoint import SPARSE_STATE_NAME, load_checkpoint_weights, load_structured_model, read_sparse_state, restore_sparse_state, write_sparse_state
+from .distillation import DistillationConfig, DistillationError, LossParts, check_teacher, distillation_loss, label_logits
 from .masks import MASKS_NAME, MaskState, _select_layer_names
-from .schedules import PruningSchedule, PruningScheduleError, cyclic_linear_factor
+from .model_card import card_lines, training_record, write_training_card
+from .pruning import check_pruning_setup, config_at, describe_step, due_point, resolve_points, run_pruning_step, sparsity_log_entries
+from .schedules import PruningSchedule, PruningScheduleError, cyclic_lr_scheduler
+from .sync import broadcast_from_main_process, check_masks_identical
 
 __all__ = ["SparseTrainer", "SPARSE_STATE_NAME"]
 
 logger = get_logger(__name__)
-
-SPARSE_STATE_NAME = "sparse_trainer_state.json"
-_STATE_FORMAT = 1
-
-
-def _as_list(value) -> list | None:
-    if isinstance(value, str):
-        return [value]
-    return list(value) if value else None
-
-
-class _Calibration:
-    """Calibration batches for one pruning step, with a progress bar. Every pass draws a fresh random subset of
-    ``num_samples`` rows (all rows, shuffled, when ``None``), seeded by ``seed`` and the pass number, so that every
-    process sees the same batches and a method that makes several passes (CAP's gradients) sees new samples."""
-
-    def __init__(self, dataset, *, num_samples: int | None, batch_size: int, collate_fn, num_workers: int, seed: int, desc: str, disable: bool):
-        self.dataset, self.num_samples, self.batch_size = dataset, num_samples, batch_size
-        self.collate_fn, self.num_workers, self.seed = collate_fn, num_workers, seed
-        self.desc, self.disable = desc, disable
-        self._passes = 0
-
-    def __iter__(self):
-        indices = random_indices(len(self.dataset), self.num_samples, self.seed + 7919 * self._passes)
-        self._passes += 1
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size, shuffle=False,
-            collate_fn=self.collate_fn, num_workers=self.num_workers,
-        )
-        yield from progress(loader, desc=self.desc, total=len(loader), disable=self.disable, unit="batch")
 
 
 class _SparsityCallback(TrainerCallback):
@@ -121,21 +108,24 @@ class SparseTrainer(Trainer):
         pruning_config: what to prune with, any method of the registry (``MagnitudeConfig``, ``CAPConfig``...),
             or a dict / ``pruning_config.json`` path. ``None`` trains the model as it is, keeping the zeros it has.
         schedule: when to prune (a :class:`~hf_sparsify.PruningSchedule`); default
-            ``PruningSchedule.one_shot()``: once, before the first optimizer step, at the config's sparsity. The
-            sparsity of each pruning step replaces the config's sparsity field (``sparsity``; VBP's
-            ``pruning_ratio``). Structured methods (which change shapes) only run one-shot at step 0.
+            ``PruningSchedule.one_shot()``: once, before the first optimizer step, at the config's target. The
+            target of each pruning step replaces the config's target field (``config.target_field``: ``sparsity``;
+            VBP's ``pruning_ratio``). Methods that change shapes only run one-shot at step 0, and a target that is
+            not interpolable (``config.target_interpolable``) cannot be ramped.
         teacher_model: the dense model to distil from (same label space as the student); frozen, in eval mode,
             moved to the training device. Not wrapped for data parallelism: every process runs it on its own batch.
         distillation: the loss settings (:class:`~hf_sparsify.DistillationConfig`); default when a teacher is given.
         calibration_dataset: where pruning steps draw calibration samples (default: ``train_dataset``); it goes
             through the Trainer's data collator, so it has the training data's format.
 
-    Example:
+    A model pruned before keeps its zeros through training:
 
     ```python
-    >>> trainer = SparseTrainer(model=model, args=args, train_dataset=train, data_collator=collate,
-    ...                         pruning_config=hf_sparsify.MagnitudeConfig(sparsity=0.7), teacher_model=dense)
-    >>> trainer.train()
+    >>> from transformers import TrainingArguments
+    >>> pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.6))
+    >>> trainer = SparseTrainer(model=pruned, args=TrainingArguments(tmp_dir, use_cpu=True, report_to=[]))
+    >>> round(trainer.masks.sparsity()["global"], 3)       # the masks kept through every optimizer step
+    0.6
     ```
     """
 
@@ -166,13 +156,12 @@ class SparseTrainer(Trainer):
         self.calibration_dataset = calibration_dataset
         self.masks: MaskState | None = None
         self.pruning_history: list[dict[str, Any]] = []
-        self._pruner = None
-        self._points: list[tuple[int, float | None]] | None = None
+        self._pruner_class = None
+        self._points: list[tuple[int, Any]] | None = None
         self._steps_per_epoch: int | None = None
         self._resume_dir: str | None = None
-        self._loss_parts: dict[str, torch.Tensor] = {}
-        self._loss_counts = 0
-        self._calibration_source = None
+        self._loss_parts = LossParts()
+        self._calibration: PruningCalibration | None = None
 
         super().__init__(*args, **kwargs)
 
@@ -184,14 +173,15 @@ class SparseTrainer(Trainer):
                 "data parallelism (accelerate launch / torchrun without --fsdp or --deepspeed)."
             )
         model = self.model
-        self._has_distillation_head = hasattr(model, "distillation_classifier") and hasattr(model, "cls_classifier")
-        if self._has_distillation_head and not self.label_names:
+        # (class-token logits key, distillation-token logits key) when the model has a second head (DeiT with teacher)
+        self._distillation_heads = get_adapter(model, allow_generic=True).distillation_outputs()
+        if self._distillation_heads is not None and not self.label_names:
             self.label_names = ["labels"]  # DeiT's teacher head takes no labels, but the batches carry them
         if self.teacher_model is not None:
             check_teacher(model, self.teacher_model)
             self.teacher_model.eval().requires_grad_(False)
             self.teacher_model.to(self.args.device)
-        if self.teacher_model is not None or self._has_distillation_head:
+        if self.teacher_model is not None or self._distillation_heads is not None:
             self.loss_is_scaled_for_ga = False  # our loss is a per-batch mean
         if self.pruning_config is not None:
             self._check_pruning_setup()
@@ -207,105 +197,50 @@ class SparseTrainer(Trainer):
         self.add_callback(_SparsityCallback(self))
 
     # ------------------------------------------------------------------------------------------ set-up checks
-    def _config_at(self, sparsity: float | None) -> PruningConfig:
-        if sparsity is None:
-            return self.pruning_config
-        return self.pruning_config.with_target(sparsity)
-
     def _check_pruning_setup(self) -> None:
         config = self.pruning_config
-        self._pruner = get_method(config.method).pruner_class(config)
-        final = config.target
-        self.schedule.check_final_sparsity(final)
-        if not config.target_interpolable and any(v is not None and v != final for _, v in self.schedule.points(final)):
-            raise PruningScheduleError(
-                f"{config.method}'s target {config.target_field}={final!r} cannot be ramped by a schedule (it is not a "
-                "sparsity): use PruningSchedule.one_shot(), or a schedule whose every step prunes to the final target."
+        self._pruner_class = check_pruning_setup(config, self.schedule)
+        if self._pruner_class.changes_shapes and self.optimizer is not None:
+            raise ValueError(
+                f"{config.method} changes the model's shapes before training, so the optimizer must be created "
+                "afterwards: do not pass optimizers=(...)."
             )
-        for _, sparsity in self.schedule.points(final):
-            self._config_at(sparsity)  # the config validates itself: N:M vs sparsity, ranges
-        if self._pruner.changes_shapes:
-            if self.schedule.times() != [0]:
-                raise PruningScheduleError(
-                    f"{config.method} removes structures (the model's shapes change), which cannot happen between "
-                    "optimizer steps: use schedule=PruningSchedule.one_shot() (prune before the first step), or prune "
-                    "with hf_sparsify.prune(...) first and give SparseTrainer the pruned model."
-                )
-            if self.optimizer is not None:
-                raise ValueError(
-                    f"{config.method} changes the model's shapes before training, so the optimizer must be created "
-                    "afterwards: do not pass optimizers=(...)."
-                )
-        if self._pruner.needs_calibration_data:
-            dataset = self.calibration_dataset if self.calibration_dataset is not None else self.train_dataset
-            if dataset is None:
-                raise CalibrationDataError(
-                    f"{config.method} reads calibration data at each pruning step: pass train_dataset= or calibration_dataset=."
-                )
-            if not has_length(dataset) or isinstance(dataset, torch.utils.data.IterableDataset):
-                raise CalibrationDataError(
-                    f"{config.method} draws random calibration samples, which needs a dataset with a length: pass "
-                    "calibration_dataset= (a map-style dataset in the training data's format)."
-                )
-            if len(dataset) == 0:
-                raise CalibrationDataError("the calibration data (train_dataset) is empty.")
-            # gradient methods (CAP, WoodFisher, FastCAP) check labels only when they run; ask their loss here
-            if config.needs_labels():
-                batch = self._collate(self._calibration_dataset(), [0])
-                if "labels" not in batch:
-                    source = "calibration_dataset" if self.calibration_dataset is not None else "train_dataset"
-                    raise CalibrationDataError(
-                        f"{config.method} needs a loss at each pruning step, so its calibration batches need 'labels', but "
-                        f"the batches of {source} (after the data collator) have only {sorted(batch)}. Pass a labelled "
-                        "calibration_dataset=, or use a method that needs no labels (e.g. magnitude)."
-                    )
+        if self._pruner_class.needs_calibration_data:
+            self._pruning_calibration().check_labels(config)
 
-    # ------------------------------------------------------------------------------------------ calibration
-    def _calibration_dataset(self):
-        if self._calibration_source is None:
+    def _pruning_calibration(self) -> PruningCalibration:
+        """The calibration source of the pruning steps (built once): the dataset with the Trainer's unused columns
+        removed and the Trainer's data collator."""
+        if self._calibration is None:
+            source = "calibration_dataset" if self.calibration_dataset is not None else "train_dataset"
             dataset = self.calibration_dataset if self.calibration_dataset is not None else self.train_dataset
+            check_calibration_dataset(dataset, self.pruning_config.method, source)
+            collate_fn = None
             try:
                 import datasets
 
                 if isinstance(dataset, datasets.Dataset):
                     dataset = self._remove_unused_columns(dataset, description="calibration")
+                    collate_fn = self.data_collator
             except ImportError:  # pragma: no cover
                 pass
-            self._calibration_source = dataset
-        return self._calibration_source
-
-    def _collator(self):
-        try:
-            import datasets
-
-            if isinstance(self._calibration_dataset(), datasets.Dataset):
-                return self.data_collator
-        except ImportError:  # pragma: no cover
-            pass
-        return self._get_collator_with_removed_columns(self.data_collator, description="calibration")
-
-    def _collate(self, dataset, indices: list[int]) -> dict[str, Any]:
-        return dict(self._collator()([dataset[i] for i in indices]))
-
-    def _calibration(self, index: int, config: PruningConfig, desc: str) -> _Calibration:
-        """Fresh calibration batches for pruning step ``index``: random rows of the training data (the method's
-        ``num_calibration_samples``, or all rows in a random order), the same on every process (seeded by the
-        run's seed and the step index). Batches have ``grad_batch_size`` (gradient methods) or
-        ``calibration_batch_size`` images."""
-        seed = (self.args.data_seed if self.args.data_seed is not None else self.args.seed) + 10_007 * (index + 1)
-        return _Calibration(
-            self._calibration_dataset(),
-            num_samples=config.calibration_images(),
-            batch_size=config.effective_batch_size,
-            collate_fn=self._collator(),
-            num_workers=self.args.dataloader_num_workers,
-            seed=seed,
-            desc=desc,
-            disable=self._disable_bars(),
-        )
+            if collate_fn is None:
+                collate_fn = self._get_collator_with_removed_columns(self.data_collator, description="calibration")
+            self._calibration = PruningCalibration(
+                dataset, collate_fn, source=source,
+                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                num_workers=self.args.dataloader_num_workers, disable_tqdm=self._disable_bars(),
+            )
+        return self._calibration
 
     def _disable_bars(self) -> bool:
         return bool(self.args.disable_tqdm) or not self.is_local_process_zero()
+
+    def _target_is_sparsity(self) -> bool:
+        """Whether the config's target is a fraction of the weights, recorded as ``sparsity`` and logged as
+        ``sparsity_target`` (an interpolable target is; a speed-up, which a schedule may not ramp, is recorded as
+        ``target`` only)."""
+        return self.pruning_config is None or self.pruning_config.target_interpolable
 
     # ------------------------------------------------------------------------------------------ schedule
     def set_initial_training_values(self, args, dataloader):
@@ -313,39 +248,19 @@ class SparseTrainer(Trainer):
         self._steps_per_epoch = values[1] if has_length(dataloader) else None
         return values
 
-    def _resolve_points(self, max_steps: int) -> list[tuple[int, float | None]]:
+    def _resolve_points(self, max_steps: int) -> list[tuple[int, Any]]:
         if self.pruning_config is None:
             return []
-        final = self.pruning_config.target
-        points = self.schedule.resolve(self._steps_per_epoch, final)
-        late = [step for step, _ in points if step >= max_steps]
-        if late:
-            raise PruningScheduleError(
-                f"the schedule prunes at optimizer step {late[0]}, but training ends after {max_steps} steps "
-                f"({self._steps_per_epoch} steps per epoch): end the schedule earlier or train longer (a pruning step "
-                "needs recovery steps after it)."
-            )
-        return points
+        return resolve_points(self.pruning_config, self.schedule, self._steps_per_epoch, max_steps)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.schedule is None or not self.schedule.cyclic_lr or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
-        optimizer = optimizer if optimizer is not None else self.optimizer
-        peak = self.args.learning_rate
-        if self.schedule.min_learning_rate > peak:
-            raise PruningScheduleError(
-                f"min_learning_rate={self.schedule.min_learning_rate} is above learning_rate={peak}: each cycle decays from "
-                "learning_rate down to min_learning_rate."
-            )
         if self.args.get_warmup_steps(num_training_steps) > 0:
             logger.warning("SparseTrainer: warmup is ignored with the cyclic linear learning rate (cyclic_lr=True).")
         boundaries = [step for step, _ in self._resolve_points(num_training_steps)]
-        min_ratio = self.schedule.min_learning_rate / peak if peak > 0 else 0.0
-
-        def factor(step: int) -> float:
-            return cyclic_linear_factor(step, boundaries, num_training_steps, min_ratio)
-
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        self.lr_scheduler = cyclic_lr_scheduler(optimizer, self.schedule, boundaries, num_training_steps, self.args.learning_rate)
         self._created_lr_scheduler = True
         return self.lr_scheduler
 
@@ -359,7 +274,7 @@ class SparseTrainer(Trainer):
         elif resume_from_checkpoint is False:
             resume_from_checkpoint = None
         self._resume_dir = str(resume_from_checkpoint) if resume_from_checkpoint is not None else None
-        if self._pruner is not None and self._pruner.changes_shapes:
+        if self._pruner_class is not None and self._pruner_class.changes_shapes:
             if self._resume_dir is not None:
                 self._reload_structured(self._resume_dir)
             elif not self.pruning_history:
@@ -369,12 +284,10 @@ class SparseTrainer(Trainer):
 
     def _reload_structured(self, checkpoint: str) -> None:
         """Resuming after a structured one-shot step: rebuild the model with the checkpoint's shapes."""
-        from ..modeling import AutoSparseModelForImageClassification
-
-        state = self._read_state(checkpoint)
+        state = read_sparse_state(checkpoint)
         if state is None or not state.get("completed"):
             return
-        model = AutoSparseModelForImageClassification.from_pretrained(checkpoint)
+        model = load_structured_model(checkpoint)
         model.to(self.args.device)
         self.model = self.model_wrapped = model
         self.callback_handler.model = model
@@ -391,8 +304,8 @@ class SparseTrainer(Trainer):
             self.masks = MaskState.from_weights(self.model, config=self.pruning_config)
         self.masks.apply()
         self.masks.attach_gradient_hooks()
-        self._check_masks_identical()
-        self._loss_parts, self._loss_counts = {}, 0
+        check_masks_identical(self.masks, self.accelerator)
+        self._loss_parts.reset()
 
     def _on_train_end(self) -> None:
         if self.masks is not None:
@@ -402,146 +315,82 @@ class SparseTrainer(Trainer):
         record = self._training_record()
         get_metadata(self.model.config)["recovery"] = record
         # shown by the model card that save_model() / push_to_hub() write (hf_sparsify.hub.card)
-        card = {"trainer": "SparseTrainer", "optimizer steps": record["global_step"], "epochs": record["epochs"]}
-        if self.pruning_history:
-            card["pruning steps"] = ", ".join(
-                f"step {r['step']}" + (f" → {r['sparsity']:.1%}" if isinstance(r.get("sparsity"), float) else "") for r in self.pruning_history
-            )
-        if self.schedule is not None:
-            card["schedule"] = self.schedule.describe()
-        if self.distillation is not None:
-            card["distillation from the dense model"] = self.distillation.describe()
-        self.model.pruning_training = card
+        self.model.pruning_training = card_lines(record, self.pruning_history, self.schedule, self.distillation)
 
     def _training_record(self) -> dict[str, Any]:
-        return {
-            "trainer": "SparseTrainer",
-            "global_step": self.state.global_step,
-            "epochs": round(float(self.state.epoch or 0.0), 4),
-            "pruning_steps": [{"step": r["step"], "sparsity": r.get("sparsity")} for r in self.pruning_history],
-            "schedule": self.schedule.to_dict() if self.schedule is not None else None,
-            "distillation": self.distillation.to_dict() if self.distillation is not None else None,
-        }
+        return training_record(
+            global_step=self.state.global_step, epoch=self.state.epoch, history=self.pruning_history,
+            schedule=self.schedule, distillation=self.distillation,
+        )
 
     def _maybe_prune(self) -> None:
         if not self._points:
             return
-        done = len(self.pruning_history)
-        due = [i for i in range(done, len(self._points)) if self._points[i][0] <= self.state.global_step]
-        if due:
-            self._prune_step(due[-1])  # a resumed run that skipped points jumps to the latest target
+        index = due_point(self._points, len(self.pruning_history), self.state.global_step)
+        if index is not None:
+            self._prune_step(index)
 
     # ------------------------------------------------------------------------------------------ pruning
     def _prune_step(self, index: int) -> None:
-        from ..api import prune
-
-        step, sparsity = self._points[index]
-        config = self._config_at(sparsity)
-        target = config.target
-        total = len(self._points)
-        desc = f"pruning step {index + 1}/{total} ({config.method}" + (f" → {target:.1%})" if isinstance(target, float) else ")")
-        calibration = self._calibration(index, config, desc + ": calibration") if self._pruner.needs_calibration_data else None
+        step, target = self._points[index]
+        config = config_at(self.pruning_config, target)
+        desc = describe_step(index, len(self._points), config)
+        calibration = self._pruning_calibration().batches(index, config, desc + ": calibration") if self._pruner_class.needs_calibration_data else None
         model = self.model
         started = time.perf_counter()
         logger.info(f"SparseTrainer: {desc} at optimizer step {self.state.global_step}.")
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):  # pruning must not change the training's random stream
-            torch.manual_seed(config.seed + index)
-            prune(model, config, calibration, inplace=True, disable_tqdm=self._disable_bars())
-        model.zero_grad(set_to_none=True)
-        self._broadcast_from_main(model)
-        if not self._pruner.changes_shapes:
+        run_pruning_step(model, config, calibration, index=index, disable_tqdm=self._disable_bars())
+        broadcast_from_main_process(model, self.accelerator)  # methods may differ across processes in rounding or data
+        if not self._pruner_class.changes_shapes:
             self.masks.update_from_weights(_select_layer_names(model, config))
         else:
             self.masks = MaskState.from_weights(model, config=config)
-        self._check_masks_identical()
+        check_masks_identical(self.masks, self.accelerator)
         seconds = time.perf_counter() - started
         measured = self.masks.sparsity()
-        record = {"step": self.state.global_step, "planned_step": step, "sparsity": target, "measured_sparsity": measured["global"], "seconds": round(seconds, 3)}
+        target_is_sparsity = self._target_is_sparsity()
+        record = {
+            "step": self.state.global_step, "planned_step": step, "sparsity": config.target if target_is_sparsity else None,
+            "measured_sparsity": measured["global"], "seconds": round(seconds, 3),
+        }
+        if not target_is_sparsity:
+            record["target"] = {config.target_field: config.target}
         self.pruning_history.append(record)
         logger.info(f"SparseTrainer: {desc} done in {seconds:.1f} s; measured sparsity {measured['global']:.2%}.")
-        if not self._pruner.changes_shapes or self.state.global_step > 0:
+        if not self._pruner_class.changes_shapes or self.state.global_step > 0:
             logs = {"sparsity": measured["global"], "pruning_steps": len(self.pruning_history), "pruning_time": seconds}
-            if isinstance(target, float):
-                logs["sparsity_target"] = target
+            if isinstance(config.target, float) and target_is_sparsity:
+                logs["sparsity_target"] = config.target
             logs.update({f"sparsity/{name}": value for name, value in measured["layers"].items()})
             self.log(logs)
 
-    def _broadcast_from_main(self, model: nn.Module) -> None:
-        """Make every process hold rank 0's pruned weights (methods may differ across processes in float rounding
-        or in the data they saw)."""
-        if self.accelerator.num_processes <= 1:
-            return
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            for tensor in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(tensor.data, src=0)
-
-    def _check_masks_identical(self) -> None:
-        """Prove the masks equal on every process: all-reduce MIN and MAX of a per-layer fingerprint."""
-        if self.accelerator.num_processes <= 1 or self.masks is None:
-            return
-        import torch.distributed as dist
-
-        fp = self.masks.fingerprint().to(self.args.device)
-        count = torch.tensor([float(fp.shape[0])], dtype=torch.float64, device=self.args.device)
-        lo, hi = count.clone(), count.clone()
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        same = bool(lo.item() == hi.item())
-        if same and fp.numel():
-            lo, hi = fp.clone(), fp.clone()
-            dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-            dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-            same = torch.equal(lo, hi)
-        if not same:
-            raise RuntimeError(
-                "SparseTrainer: the sparsity masks differ between processes. Every process must start from the same "
-                "weights (load the same checkpoint, same seed)."
-            )
-
     # ------------------------------------------------------------------------------------------ loss and logs
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.teacher_model is None and not self._has_distillation_head:
+        if self.teacher_model is None and self._distillation_heads is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         labels = inputs.get("labels")
         student_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**student_inputs)
+        heads = self._distillation_heads if model.training else None  # in eval, the model's `logits` (heads averaged)
         if model.training and self.teacher_model is not None:
             with torch.no_grad(), self.accelerator.autocast():
                 teacher_logits = self.teacher_model(**student_inputs).logits
-            loss, parts = distillation_loss(outputs, teacher_logits, labels, self.distillation, label_smoothing=self.args.label_smoothing_factor)
-            for key, value in parts.items():
-                self._loss_parts[key] = self._loss_parts.get(key, 0.0) + value
-            self._loss_counts += 1
+            loss, parts = distillation_loss(
+                outputs, teacher_logits, labels, self.distillation, label_smoothing=self.args.label_smoothing_factor, heads=heads
+            )
+            self._loss_parts.add(parts)
         else:
             if labels is None:
                 raise ValueError("SparseTrainer needs 'labels' in the batches to compute a loss.")
-            logits = outputs["cls_logits"] if (model.training and self._has_distillation_head) else outputs["logits"]
+            logits = label_logits(outputs, heads)
             loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and "eval_loss" not in logs and self.state.global_step is not None and self.masks is not None and self.is_in_train:
-            logs.update(self._training_log_entries())
+            logs.update(self._loss_parts.averages(lambda value: self.accelerator.reduce(value.to(self.args.device), reduction="mean")))
+            logs.update(sparsity_log_entries(self.masks, self.pruning_history, target_is_sparsity=self._target_is_sparsity()))
         super().log(logs, start_time)
-
-    def _training_log_entries(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self._loss_counts:
-            for key in sorted(self._loss_parts):
-                value = torch.as_tensor(self._loss_parts[key], device=self.args.device, dtype=torch.float32) / self._loss_counts
-                out[key] = float(self.accelerator.reduce(value, reduction="mean").item())
-            self._loss_parts, self._loss_counts = {}, 0
-        if len(self.masks):
-            out["sparsity"] = self.masks.sparsity()["global"]
-        if self.pruning_history:
-            last = self.pruning_history[-1].get("sparsity")
-            if isinstance(last, float):
-                out["sparsity_target"] = last
-            out["pruning_steps"] = len(self.pruning_history)
-        return out
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):
@@ -553,10 +402,7 @@ class SparseTrainer(Trainer):
 
     def save_sparse_state(self, folder: str | os.PathLike) -> None:
         """Write the masks (``sparsity_masks.safetensors``) and the schedule state (``sparse_trainer_state.json``)."""
-        folder = str(folder)
-        self.masks.save(os.path.join(folder, MASKS_NAME))
-        state = {
-            "format": _STATE_FORMAT,
+        write_sparse_state(folder, self.masks, {
             "global_step": self.state.global_step,
             "points": [list(p) for p in (self._points or [])],
             "completed": self.pruning_history,
@@ -564,33 +410,14 @@ class SparseTrainer(Trainer):
             "schedule": self.schedule.to_dict() if self.schedule is not None else None,
             "distillation": self.distillation.to_dict() if self.distillation is not None else None,
             "steps_per_epoch": self._steps_per_epoch,
-        }
-        with open(os.path.join(folder, SPARSE_STATE_NAME), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2)
+        })
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Load the checkpoint's weights through ``from_pretrained``, which converts transformers' saved key names.
-
-        transformers 5.x saves ViT/DeiT/DINOv2 weights under their 4.x names (``vit.encoder.layer.N...``) while
-        ``Trainer._load_from_checkpoint`` calls a non-strict ``load_state_dict``: the encoder weights would silently
-        keep their pre-resume values. Here they load strictly, converted, and structured shapes are honoured.
-        """
-        from transformers import PreTrainedModel
-
-        from ..modeling import AutoSparseModelForImageClassification
-        from ..surgery.shapes import is_structured
-
+        """Load the checkpoint's weights strictly, through ``from_pretrained`` (see :mod:`.checkpoint`)."""
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        config_file = os.path.join(resume_from_checkpoint, "config.json")
-        if not isinstance(target, PreTrainedModel) or not os.path.isfile(config_file):
+        if not load_checkpoint_weights(target, resume_from_checkpoint):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        config = type(target.config).from_pretrained(resume_from_checkpoint)
-        if is_structured(config):
-            loaded = AutoSparseModelForImageClassification.from_pretrained(resume_from_checkpoint)
-        else:
-            loaded = type(target).from_pretrained(resume_from_checkpoint, config=config)
-        target.load_state_dict(loaded.state_dict(), strict=True)
-        logger.info(f"SparseTrainer: loaded the weights of {resume_from_checkpoint} (strict, converted key names).")
+        return None
 
     def _load_best_model(self) -> None:
         """``load_best_model_at_end``: the best checkpoint's weights through the same strict, converting loader, and
@@ -610,29 +437,12 @@ class SparseTrainer(Trainer):
                 self.masks.attach_gradient_hooks()
         return None
 
-    @staticmethod
-    def _read_state(folder: str) -> dict[str, Any] | None:
-        path = os.path.join(folder, SPARSE_STATE_NAME)
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-
     def _restore_state(self, folder: str) -> bool:
-        state = self._read_state(folder)
-        masks_path = os.path.join(folder, MASKS_NAME)
-        if state is None or not os.path.isfile(masks_path):
+        restored = restore_sparse_state(folder, self.model, self._points)
+        if restored is None:
             logger.warning(f"SparseTrainer: {folder} holds no SparseTrainer state; masks are read off the weights' zeros.")
             return False
-        saved = [tuple(p) for p in state.get("points") or []]
-        planned = [tuple(p) for p in self._points or []]
-        if saved != planned:
-            raise PruningScheduleError(
-                f"the checkpoint {folder} was written with pruning points {saved}, but this run plans {planned}: resume "
-                "with the same pruning_config, schedule and training length."
-            )
-        self.pruning_history = list(state.get("completed") or [])
-        self.masks = MaskState.load(self.model, masks_path)
+        self.pruning_history, self.masks = restored
         logger.info(
             f"SparseTrainer: resumed {len(self.masks)} masks and {len(self.pruning_history)} completed pruning steps from {folder}."
         )
@@ -652,25 +462,7 @@ class SparseTrainer(Trainer):
         training card data merged in (hyperparameters, evaluation results, tags, datasets). Falls back to
         transformers' card when ``hf_sparsify.hub`` is unavailable."""
         kwargs = dict(language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args)
-        try:
-            from ..hub.card import write_model_card
-        except ImportError:
+        training = getattr(self.model, "pruning_training", None) or self._training_record()
+        if not write_training_card(self, training, **kwargs):
             return super().create_model_card(**kwargs)
-        if not self.is_world_process_zero():
-            return None
-        from transformers.modelcard import TrainingSummary
-
-        training = dict(getattr(self.model, "pruning_training", None) or self._training_record())
-        try:
-            summary = TrainingSummary.from_trainer(self, **kwargs)
-        except Exception as err:  # noqa: BLE001 - the card is documentation; never fail a push on it
-            logger.warning(f"SparseTrainer: transformers' training summary is unavailable ({err}); the card omits it.")
-            summary = None
-        if summary is not None:
-            training.update({k: v for k, v in (summary.hyperparameters or {}).items() if v is not None})
-            if summary.eval_results:
-                training["eval_results"] = summary.eval_results
-        metadata = {"tags": _as_list(tags), "datasets": _as_list(dataset_tags), "license": license, "language": language, "model_name": model_name}
-        metadata = {k: v for k, v in metadata.items() if v}
-        write_model_card(self.args.output_dir, self.model, repo_id=self.hub_model_id, training=training, metadata=metadata or None)
         return None

@@ -103,3 +103,73 @@ def test_teacher_with_another_label_space_is_refused(tmp_path):
         SparseTrainer(model=student, args=args, train_dataset=ToyImages(8), teacher_model=teacher)
     with pytest.raises(DistillationError, match="without teacher_model"):
         SparseTrainer(model=tiny_vit(), args=args, train_dataset=ToyImages(8), distillation=DistillationConfig())
+
+
+def test_distillation_loss_reads_the_heads_it_is_given():
+    g = torch.Generator().manual_seed(2)
+    first, second, t = (torch.randn(4, 5, generator=g) for _ in range(3))
+    labels = torch.tensor([0, 1, 2, 3])
+    config = DistillationConfig(temperature=2.0, distillation_weight=0.6)
+    loss, _ = distillation_loss({"first": first, "second": second, "logits": (first + second) / 2}, t, labels, config, heads=("first", "second"))
+    torch.testing.assert_close(loss, 0.6 * kd_loss(second, t, 2.0) + 0.4 * F.cross_entropy(first, labels))
+    with pytest.raises(KeyError, match="'third'"):
+        distillation_loss({"first": first}, t, labels, config, heads=("first", "third"))
+
+
+# ------------------------------------------------------------------------------------------------ a second head
+import transformers  # noqa: E402
+from torch import nn  # noqa: E402
+
+from hf_sparsify.adapters import ADAPTERS, ViTAdapter  # noqa: E402
+
+
+class TwoHeadConfig(transformers.ViTConfig):
+    model_type = "test_two_heads"
+
+
+class TwoHeadViT(transformers.ViTForImageClassification):
+    """A ViT with a second classifier on the CLS token, under its own output names (not DeiT's attributes)."""
+
+    config_class = TwoHeadConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.second_head = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, pixel_values=None, labels=None, **kwargs):
+        token = self.vit(pixel_values).last_hidden_state[:, 0]
+        first, second = self.classifier(token), self.second_head(token)
+        logits = (first + second) / 2
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits, "first_logits": first, "second_logits": second}
+
+
+class TwoHeadAdapter(ViTAdapter):
+    family = "test_two_heads"
+    model_types = ("test_two_heads",)
+
+    def distillation_outputs(self):
+        return ("first_logits", "second_logits")
+
+
+@pytest.fixture
+def two_head_adapter():
+    ADAPTERS.insert(0, TwoHeadAdapter)
+    yield TwoHeadAdapter
+    ADAPTERS.remove(TwoHeadAdapter)
+
+
+@pytest.mark.parametrize("teacher_only", [True, False])
+def test_the_adapter_tells_which_head_learns_from_the_teacher(tmp_path, two_head_adapter, teacher_only):
+    torch.manual_seed(1)
+    student = TwoHeadViT(TwoHeadConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4, num_labels=5))
+    first, second = student.classifier.weight.detach().clone(), student.second_head.weight.detach().clone()
+    weights = dict(distillation_weight=1.0, hard_label_weight=0.0) if teacher_only else dict(distillation_weight=0.0, hard_label_weight=1.0)
+    trainer = SparseTrainer(
+        model=student, args=training_args(tmp_path, max_steps=2, weight_decay=0.0), train_dataset=ToyImages(32),
+        teacher_model=sharp_teacher(), distillation=DistillationConfig(**weights),
+    )
+    trainer.train()
+    first_moved = not torch.equal(student.classifier.weight, first)
+    second_moved = not torch.equal(student.second_head.weight, second)
+    assert (first_moved, second_moved) == ((False, True) if teacher_only else (True, False))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 import hf_sparsify
 from hf_sparsify import SparseTrainer
@@ -120,3 +120,39 @@ def test_layers_masked_after_the_hooks_were_attached_get_a_hook():
     for name, mask in masks.masks.items():
         grad = model.get_submodule(name).weight.grad
         assert torch.all(grad[~mask] == 0) and torch.any(grad[mask] != 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_a_half_precision_model_keeps_its_masks_through_a_pruning_step_and_a_training_step(tmp_path, dtype):
+    """Weights stored in bf16/fp16 (no mixed precision): prune at step 1 after a dense step (Adam's moments of the
+    pruned entries are non-zero then), distil from a half-precision teacher; the zeros stay."""
+    model, teacher = tiny_vit().to(dtype), tiny_vit(seed=3).to(dtype)
+
+    def collate(items):
+        return {"pixel_values": torch.stack([it["pixel_values"] for it in items]).to(dtype), "labels": torch.tensor([it["labels"] for it in items])}
+
+    trainer = SparseTrainer(
+        model=model, args=training_args(tmp_path, max_steps=3, weight_decay=0.1, max_grad_norm=1.0, logging_steps=1),
+        train_dataset=ToyImages(32), data_collator=collate, teacher_model=teacher,
+        pruning_config=hf_sparsify.MagnitudeConfig(sparsity=0.5, sparsity_distribution="global"), schedule=hf_sparsify.PruningSchedule.one_shot(at=1),
+    )
+    pruned_after_step_1 = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                pruned_after_step_1.update(weights(model, list(trainer.masks.masks)))
+
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    assert trainer.state.global_step == 3 and [r["step"] for r in trainer.pruning_history] == [1]
+    assert all(p.dtype == dtype for p in model.parameters())
+    after = weights(model, list(trainer.masks.masks))
+    for name, mask in trainer.masks.masks.items():
+        assert torch.all(after[name][~mask] == 0), f"{name}: a pruned weight became non-zero ({dtype})"
+        assert torch.all(pruned_after_step_1[name][~mask] == 0)
+    moved = sum(int((after[n] != pruned_after_step_1[n]).sum()) for n in after)
+    assert moved > 0.3 * sum(int(m.sum()) for m in trainer.masks.masks.values())  # the live weights did train
+    assert hf_sparsify.sparsity_report(model, compute_macs=False).sparsity == pytest.approx(0.5, abs=1e-3)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
