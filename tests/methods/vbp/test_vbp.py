@@ -13,8 +13,7 @@ import hf_sparsify
 from hf_sparsify import PruningConfig, PruningConfigError, PruningError, VBPConfig
 from hf_sparsify.adapters import CONV_CHANNEL, MLP_NEURON, StructureGroup, UnsupportedModelError, get_adapter
 from hf_sparsify.data import CalibrationDataError
-from hf_sparsify.methods.vbp.pruner import group_output_scale, shrink_mlp
-from hf_sparsify.methods.vbp.selection import normalize_scores
+from hf_sparsify.structured import group_output_scale, normalize_scores, shrink_group
 from hf_sparsify.observers import collect_activation_moments
 from tests.conftest import make_tiny_model, tiny_batches, tiny_pixel_values
 from tests.methods.vbp.helpers import make_constant_neurons
@@ -56,7 +55,7 @@ def test_hand_computed_bias_fold():
     x = torch.tensor([[3.0, -1.0]])
     # dense: h = relu([3, 2, 0.5]) -> y = W2 h + b2 = [3 + 4 + 1.5 + 0.5, 12 + 10 + 3 - 1] = [9, 24]
     assert mlp(x).tolist() == [[9.0, 24.0]]
-    shrink_mlp(mlp, StructureGroup(**MLP_GROUP), keep=torch.tensor([0]), means=torch.tensor([1.0, 2.0, 0.5]))
+    shrink_group(mlp, StructureGroup(**MLP_GROUP), keep=torch.tensor([0]), fold_values=torch.tensor([1.0, 2.0, 0.5]))
     # b2' = b2 + W2[:, [1, 2]] @ [2, 0.5] = [0.5 + 4 + 1.5, -1 + 10 + 3] = [6, 12]
     assert mlp.fc2.bias.tolist() == [6.0, 12.0]
     assert mlp.fc2.weight.tolist() == [[1.0], [4.0]] and mlp.fc1.weight.tolist() == [[1.0, 0.0]] and mlp.fc1.bias.tolist() == [0.0]
@@ -65,7 +64,7 @@ def test_hand_computed_bias_fold():
 
 def test_hand_computed_bias_fold_creates_a_missing_bias():
     mlp = TwoLayerMLP(bias2=False)
-    shrink_mlp(mlp, StructureGroup(**MLP_GROUP), keep=torch.tensor([0]), means=torch.tensor([1.0, 2.0, 0.5]))
+    shrink_group(mlp, StructureGroup(**MLP_GROUP), keep=torch.tensor([0]), fold_values=torch.tensor([1.0, 2.0, 0.5]))
     assert mlp.fc2.bias.tolist() == [5.5, 13.0]  # W2[:, [1, 2]] @ [2, 0.5]
     assert mlp(torch.tensor([[3.0, -1.0]])).tolist() == [[8.5, 25.0]]  # the dense output without b2
 

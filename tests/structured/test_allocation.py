@@ -1,9 +1,11 @@
+"""The allocators of the structured core against brute force and hand-computed cases."""
+
 import itertools
 
 import pytest
 import torch
 
-from hf_sparsify.methods.vbp.selection import (
+from hf_sparsify.structured import (
     allowed_widths,
     kept_units,
     normalize_scores,
