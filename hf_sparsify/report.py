@@ -2,11 +2,14 @@
 
 ```python
 >>> import hf_sparsify
+>>> pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5))
 >>> report = hf_sparsify.sparsity_report(pruned)
->>> print(report)                      # a table
+>>> str(report).splitlines()[0]                  # str(report) is a table
+'Sparsity report: ViTForImageClassification'
 >>> report.to_dict()["global"]["sparsity"]
 0.5
->>> report.to_json()                   # the same as JSON
+>>> report.macs["pruned"] == report.macs["dense"]   # unstructured: the shapes, hence the MACs, are dense
+True
 ```
 
 MACs are counted by running one image through the model with hooks on every ``nn.Linear`` / ``nn.Conv2d``

@@ -203,11 +203,13 @@ def plan_dp(costs: Sequence[Sequence[float]], errors: Sequence[Sequence[float]],
 
     Args:
         costs: ``costs[g][i]`` ≥ 0, the cost of option ``i`` of group ``g`` (e.g. the group's MACs or measured time
-            at its ``i``-th candidate width).
+            at its ``i``-th candidate width); costs need not be monotone in the width.
         errors: ``errors[g][i]``, the error of that option (e.g. :func:`removal_errors`).
         budget: the largest summed cost allowed.
-        num_buckets: costs are discretised into ``budget / num_buckets`` buckets, rounded **up**, so the chosen
-            options never exceed the budget (the optimum is exact up to that rounding).
+        num_buckets: the budget is cut into this many buckets and every cost is rounded to the nearest bucket (as
+            SPDY does). The programme also tracks each state's exact cost and returns the best state whose exact
+            cost is within ``budget``: the choice never exceeds the budget, and is optimal whenever the costs are
+            multiples of ``budget / num_buckets`` (otherwise up to the rounding).
 
     Returns:
         The chosen option index of every group. Vectorised over the buckets: ``O(groups × options × buckets)``.
@@ -218,40 +220,42 @@ def plan_dp(costs: Sequence[Sequence[float]], errors: Sequence[Sequence[float]],
     if len(costs) != len(errors) or any(len(c) != len(e) or not c for c, e in zip(costs, errors)):
         raise ValueError("costs and errors need one non-empty list of options per group, of equal lengths")
     cheapest = sum(min(c) for c in costs)
-    if cheapest > budget * (1 + 1e-12) + 1e-300 or budget < 0:
+    limit = budget * (1 + 1e-12)
+    if budget < 0 or cheapest > limit:
         raise UnreachableBudgetError(f"the budget {budget:.6g} cannot be met: the cheapest options cost {cheapest:.6g} in total.")
-    buckets = int(num_buckets)
-    size = budget / buckets if budget > 0 else 0.0
+    size = budget / int(num_buckets) if budget > 0 else 0.0
+    capacity = int(num_buckets) + len(costs)  # rounding to the nearest bucket may add up to half a bucket per group
 
     def discretise(cost: float) -> int:
         if cost <= 0:
             return 0
-        if size == 0:
-            return buckets + 1  # only free options fit a zero budget
-        return max(0, math.ceil(cost / size - 1e-9))
+        return capacity + 1 if size == 0 else int(round(cost / size))
 
-    inf = torch.tensor(float("inf"), dtype=torch.float64)
-    best = torch.full((buckets + 1,), float("inf"), dtype=torch.float64)
+    best = torch.full((capacity + 1,), float("inf"), dtype=torch.float64)  # best error using exactly t buckets
+    exact = torch.zeros(capacity + 1, dtype=torch.float64)  # the exact cost of that best state
     best[0] = 0.0
     choices: list[torch.Tensor] = []
     for group_costs, group_errors in zip(costs, errors):
-        new = torch.full_like(best, float("inf"))
-        choice = torch.full((buckets + 1,), -1, dtype=torch.long)
+        new_best = torch.full_like(best, float("inf"))
+        new_exact = torch.zeros_like(exact)
+        choice = torch.full((capacity + 1,), -1, dtype=torch.long)
         for option, (cost, error) in enumerate(zip(group_costs, group_errors)):
             tau = discretise(float(cost))
-            if tau > buckets:
+            if tau > capacity:
                 continue
-            candidate = best[: buckets + 1 - tau] + float(error)
-            better = candidate < new[tau:]
-            new[tau:] = torch.where(better, candidate, new[tau:])
+            error_candidate = best[: capacity + 1 - tau] + float(error)
+            exact_candidate = exact[: capacity + 1 - tau] + float(cost)
+            current, current_exact = new_best[tau:], new_exact[tau:]
+            better = (error_candidate < current) | ((error_candidate == current) & (exact_candidate < current_exact))
+            new_best[tau:] = torch.where(better, error_candidate, current)
+            new_exact[tau:] = torch.where(better, exact_candidate, current_exact)
             choice[tau:] = torch.where(better, torch.full_like(choice[tau:], option), choice[tau:])
         choices.append(choice)
-        best = torch.where(torch.isfinite(new), new, inf)
-    if not torch.isfinite(best).any():
-        raise UnreachableBudgetError(
-            f"the budget {budget:.6g} cannot be met once costs are rounded up to buckets of {size:.6g}: raise num_buckets."
-        )
-    used = int(torch.argmin(best))
+        best, exact = new_best, new_exact
+    feasible = torch.isfinite(best) & (exact <= limit)
+    if not bool(feasible.any()):
+        raise UnreachableBudgetError(f"the budget {budget:.6g} cannot be met at this resolution: raise num_buckets (cheapest total {cheapest:.6g}).")
+    used = int(torch.argmin(torch.where(feasible, best, torch.full_like(best, float("inf")))))
     picked: list[int] = []
     for group_costs, choice in zip(reversed(costs), reversed(choices)):
         option = int(choice[used])

@@ -95,3 +95,90 @@ def test_output_normalisation_uses_the_fc2_columns_and_layer_scale():
     torch.testing.assert_close(normalize_scores(v, "output", output_scale=7.0), v.double() * 7.0)
     with pytest.raises(ValueError, match="output_scale"):
         normalize_scores(v, "output")
+
+
+def test_round_to_and_min_keep_per_group():
+    # a head group (round 1, at least 1) beside a neuron group (round 8, at least 8)
+    assert plan_per_layer([4, 64], 0.5, round_to=[1, 8], min_keep=[1, 8]) == [2, 32]
+    assert plan_per_layer([4, 64], 0.99, round_to=[1, 8], min_keep=[1, 8]) == [1, 8]
+    widths = plan_global([torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.rand(64, dtype=torch.float64) + 1], [1.0, 1.0], 10, round_to=[1, 8], min_keep=[2, 8])
+    assert widths[0] == 2  # the whole low-score head group goes down to its minimum of 2 ...
+    assert widths[1] == 56  # ... and the rest of the budget is the nearest chunk of 8 neurons
+    with pytest.raises(ValueError, match="round_to has 1 entries for 2 groups"):
+        plan_per_layer([4, 64], 0.5, round_to=[1])
+
+
+def test_per_cost_ranks_by_score_per_unit_cost():
+    from hf_sparsify.structured import per_cost
+
+    scores = [torch.tensor([1.0, 2.0]), torch.tensor([1.5, 3.0])]
+    ranked = per_cost(scores, [1.0, 10.0])
+    assert [s.tolist() for s in ranked] == [[1.0, 2.0], [0.15, 0.3]]
+    # by raw score the two lowest scores go (cost 11 for a target of 10); per cost, the expensive unit alone (cost 10)
+    assert plan_global(scores, [1.0, 10.0], 10, round_to=1, min_keep=0) == [1, 1]
+    assert plan_global(ranked, [1.0, 10.0], 10, round_to=1, min_keep=0) == [2, 1]
+    assert plan_global(scores, [1.0, 10.0], 1, round_to=1, min_keep=0) == [1, 2]
+    assert plan_global(ranked, [1.0, 10.0], 1, round_to=1, min_keep=0) == [2, 2]  # removing the 10-cost unit overshoots
+
+
+def test_removal_errors_are_sums_of_the_lowest_scores():
+    from hf_sparsify.structured import removal_errors
+
+    scores = torch.tensor([0.5, 0.1, 0.3, 0.2])
+    assert removal_errors(scores, [4, 3, 2, 0]) == pytest.approx([0.0, 0.1, 0.3, 1.1])
+
+
+# ------------------------------------------------------------------------------------------------ dynamic programme
+def _brute_force_dp(costs, errors, budget):
+    best = None
+    for choice in itertools.product(*[range(len(c)) for c in costs]):
+        cost = sum(c[i] for c, i in zip(costs, choice))
+        error = sum(e[i] for e, i in zip(errors, choice))
+        if cost <= budget and (best is None or error < best[0] - 1e-12):
+            best = (error, choice)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_plan_dp_equals_brute_force_and_never_exceeds_the_budget(seed):
+    from hf_sparsify.structured import plan_dp
+
+    g = torch.Generator().manual_seed(seed)
+    layers, options = 2 + seed % 3, 2 + seed % 4
+    # integer costs (non-monotone, as measured timings are) and random errors: the discretisation is then exact
+    costs = [torch.randint(0, 20, (options,), generator=g).double().tolist() for _ in range(layers)]
+    errors = [torch.rand(options, generator=g, dtype=torch.float64).tolist() for _ in range(layers)]
+    budget = float(sum(min(c) for c in costs) + torch.randint(0, 25, (1,), generator=g).item())
+    picked = plan_dp(costs, errors, budget, num_buckets=int(budget) if budget >= 1 else 1)
+    assert sum(c[i] for c, i in zip(costs, picked)) <= budget
+    assert sum(e[i] for e, i in zip(errors, picked)) == pytest.approx(_brute_force_dp(costs, errors, budget)[0], abs=1e-12)
+
+
+def test_plan_dp_with_fractional_costs_stays_within_the_budget():
+    from hf_sparsify.structured import plan_dp
+
+    g = torch.Generator().manual_seed(0)
+    costs = [(torch.rand(6, generator=g, dtype=torch.float64) * 3).tolist() for _ in range(5)]
+    errors = [torch.rand(6, generator=g, dtype=torch.float64).tolist() for _ in range(5)]
+    for budget in (4.0, 6.5, 9.0):
+        picked = plan_dp(costs, errors, budget, num_buckets=20_000)
+        assert sum(c[i] for c, i in zip(costs, picked)) <= budget
+        exact = _brute_force_dp(costs, errors, budget)[0]
+        assert sum(e[i] for e, i in zip(errors, picked)) <= exact + 0.05  # optimal up to the bucket rounding
+
+
+def test_plan_dp_reproduces_uniform_choices_from_uniform_tables():
+    from hf_sparsify.structured import plan_dp
+
+    costs = [[4.0, 3.0, 2.0, 1.0]] * 6  # every layer alike: width 4..1, error grows as the width shrinks
+    errors = [[0.0, 1.0, 3.0, 6.0]] * 6
+    assert plan_dp(costs, errors, budget=18.0) == [1] * 6
+    assert plan_dp(costs, errors, budget=12.0) == [2] * 6
+
+
+def test_plan_dp_refuses_an_unreachable_budget():
+    from hf_sparsify.structured import UnreachableBudgetError, plan_dp
+
+    with pytest.raises(UnreachableBudgetError, match="cheapest options cost 3 in total"):
+        plan_dp([[2.0, 1.0], [3.0, 2.0]], [[0.0, 1.0], [0.0, 1.0]], budget=2.5)
+    assert plan_dp([[2.0, 0.0], [3.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]], budget=0.0) == [1, 1]
