@@ -122,7 +122,7 @@ def main() -> None:
                     variant = name + (" + compensation" if compensation else ", no compensation")
                     rows.append({"variant": variant, "target": target, "seed": seed, **metrics(pruned), "macs": macs_of(pruned), "widths": list(widths.values())})
                     print(json.dumps(rows[-1]))
-                if extra.get("global_normalization") == default:
+                if extra == dict(global_normalization=default):  # once per target (not again for the all-token fold)
                     for compensation in (True, False):  # the same widths, neurons chosen by weight magnitude
                         pruned = l1_same_widths(model, widths, moments, compensation)
                         variant = f"L1 of fc1 rows, widths of vbp global ({default} norm.)" + (" + compensation" if compensation else ", no compensation")
