@@ -29,12 +29,10 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import hf_sparsify  # noqa: E402
-from hf_sparsify.adapters import CONV_CHANNEL, MLP_NEURON, get_adapter  # noqa: E402
+from hf_sparsify.adapters import get_adapter  # noqa: E402
 from hf_sparsify.data import dataset_batches, find_columns, random_indices  # noqa: E402
-from hf_sparsify.methods.vbp.pruner import mlp_groups, shrink_mlp  # noqa: E402
-from hf_sparsify.methods.vbp.selection import kept_units  # noqa: E402
 from hf_sparsify.observers import collect_activation_moments  # noqa: E402
-from hf_sparsify.report import _query_modules, count_macs  # noqa: E402
+from hf_sparsify.structured import MacsCost, kept_units, select_groups, shrink_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,15 +47,15 @@ def l1_same_widths(model, widths: dict[str, int], moments, compensation: bool):
     import copy
 
     pruned = copy.deepcopy(model)
-    for group in mlp_groups(get_adapter(pruned)):
+    for group in select_groups(get_adapter(pruned), ["mlp"]):
         rows = torch.stack([pruned.get_submodule(p).weight.detach().abs().sum(1) for p in group.producers]).sum(0)
         keep = kept_units(rows, widths[group.name])
-        shrink_mlp(pruned, group, keep, moments[group.name].mean if compensation else None)
+        shrink_group(pruned, group, keep, moments[group.name].mean if compensation else None)
     return pruned
 
 
 def macs_of(model):
-    return count_macs(model, _query_modules(get_adapter(model)))["total"]
+    return int(MacsCost().total(model))
 
 
 def main() -> None:
@@ -112,7 +110,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         indices = random_indices(len(train), args.num_calibration, seed)
         calibration = preprocess(train, processor, indices, batch_size=128)
-        groups = mlp_groups(get_adapter(model))
+        groups = select_groups(get_adapter(model), ["mlp"])
         moments = collect_activation_moments(model, {g.name: g.observe for g in groups}, calibration, disable_tqdm=True)
         for target in [float(t) for t in args.targets.split(",")]:
             for name, extra in settings.items():
@@ -124,7 +122,7 @@ def main() -> None:
                     variant = name + (" + compensation" if compensation else ", no compensation")
                     rows.append({"variant": variant, "target": target, "seed": seed, **metrics(pruned), "macs": macs_of(pruned), "widths": list(widths.values())})
                     print(json.dumps(rows[-1]))
-                if extra.get("global_normalization") == default:
+                if extra == dict(global_normalization=default):  # once per target (not again for the all-token fold)
                     for compensation in (True, False):  # the same widths, neurons chosen by weight magnitude
                         pruned = l1_same_widths(model, widths, moments, compensation)
                         variant = f"L1 of fc1 rows, widths of vbp global ({default} norm.)" + (" + compensation" if compensation else ", no compensation")

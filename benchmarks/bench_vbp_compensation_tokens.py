@@ -28,9 +28,8 @@ import hf_sparsify  # noqa: E402
 from bench_vbp_cifar10 import preprocess  # noqa: E402
 from hf_sparsify.adapters import get_adapter  # noqa: E402
 from hf_sparsify.data import random_indices  # noqa: E402
-from hf_sparsify.methods.vbp.pruner import mlp_groups, shrink_mlp  # noqa: E402
-from hf_sparsify.methods.vbp.selection import kept_units  # noqa: E402
 from hf_sparsify.observers import collect_activation_moments  # noqa: E402
+from hf_sparsify.structured import kept_units, select_groups, shrink_group  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -45,7 +44,7 @@ def main() -> None:
     evaluation = preprocess(test, processor, random_indices(len(test), 5000, 1234))
     labels = torch.cat([b["labels"] for b in evaluation])
     calibration = preprocess(train, processor, random_indices(len(train), 1024, 0), batch_size=128)
-    groups = mlp_groups(get_adapter(model))
+    groups = select_groups(get_adapter(model), ["mlp"])
     observed = {g.name: g.observe for g in groups}
     observed.update({("cls", g.name): (g.observe, slice(0, 1)) for g in groups})
     observed.update({("patch", g.name): (g.observe, slice(1, None)) for g in groups})
@@ -74,8 +73,8 @@ def main() -> None:
         row = {"target": target, "widths": list(widths.values())}
         for name, means in variants.items():
             m = copy.deepcopy(model)
-            for g in mlp_groups(get_adapter(m)):
-                shrink_mlp(m, g, kept_units(moments[g.name].variance, widths[g.name]), means[g.name])
+            for g in select_groups(get_adapter(m), ["mlp"]):
+                shrink_group(m, g, kept_units(moments[g.name].variance, widths[g.name]), means[g.name])
             row[name] = top1_and_loss(m)
         print(json.dumps(row), flush=True)
 

@@ -26,8 +26,7 @@ import torch
 import transformers
 
 import hf_sparsify
-from hf_sparsify.adapters import get_adapter
-from hf_sparsify.report import _query_modules, count_macs
+from hf_sparsify.structured import MacsCost, count_params
 
 
 def deit_base(seed: int = 0):
@@ -97,9 +96,8 @@ def main() -> None:
     start = time.perf_counter()
     pruned = hf_sparsify.prune(dense, hf_sparsify.VBPConfig(target_macs_reduction=args.target), calibration_batches(args.calibration_images, 8), disable_tqdm=True)
     prune_seconds = time.perf_counter() - start
-    queries = _query_modules(get_adapter(dense))
-    macs = {"dense": count_macs(dense, queries)["total"], "pruned": count_macs(pruned, queries)["total"]}
-    params = {"dense": sum(p.numel() for p in dense.parameters()), "pruned": sum(p.numel() for p in pruned.parameters())}
+    macs = {"dense": int(MacsCost().total(dense)), "pruned": int(MacsCost().total(pruned))}
+    params = {"dense": count_params(dense), "pruned": count_params(pruned)}
     widths = [layer["width"] for layer in pruned.pruning_result.layers.values()]
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,19 +2,26 @@
 
 ```python
 >>> import hf_sparsify
+>>> pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5))
 >>> report = hf_sparsify.sparsity_report(pruned)
->>> print(report)                      # a table
+>>> str(report).splitlines()[0]                  # str(report) is a table
+'Sparsity report: ViTForImageClassification'
 >>> report.to_dict()["global"]["sparsity"]
 0.5
->>> report.to_json()                   # the same as JSON
+>>> report.macs["pruned"] == report.macs["dense"]   # unstructured: the shapes, hence the MACs, are dense
+True
 ```
 
 MACs are counted by running one image through the model with hooks on every ``nn.Linear`` / ``nn.Conv2d``
-(attention score and value products are added for the adapter's attention modules):
+(attention score and value products are added for the adapter's attention modules; see
+:func:`hf_sparsify.structured.count_macs`):
 
 * ``dense``: the model its config describes before any structured pruning, on the meta device;
 * ``pruned``: the current shapes (physically smaller after structured pruning);
 * ``effective``: the current shapes counting only non-zero weights (what a sparse kernel could skip).
+
+A model that does not take images (a text model pruned with ``targets=``) has no MACs per image: they are
+``None`` and ``report.macs_unavailable`` says why (pass ``example_inputs`` to count them per example).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import PRUNABLE_MODULE_TYPES, get_adapter
+from .adapters import get_adapter
+from .structured.costs import attention_query_modules, count_macs, macs_unavailable_reason
 from .surgery.shapes import METADATA_KEY, dense_skeleton
 
 __all__ = ["SparsityReport", "LayerStats", "sparsity_report", "count_macs"]
@@ -34,6 +42,9 @@ __all__ = ["SparsityReport", "LayerStats", "sparsity_report", "count_macs"]
 
 @dataclass
 class LayerStats:
+    """One prunable layer of a :class:`SparsityReport`: its shape, zeros, and MACs per image (dense and counting
+    non-zero weights only)."""
+
     name: str
     role: str
     shape: tuple[int, ...]
@@ -70,6 +81,8 @@ class SparsityReport:
     macs: dict[str, int | None]
     structures: list[dict[str, Any]] = field(default_factory=list)
     dense_params: int | None = None
+    #: why ``macs`` holds no counts (the model does not take images, or its forward pass failed), else None
+    macs_unavailable: str | None = None
 
     @property
     def targeted_numel(self) -> int:
@@ -97,6 +110,7 @@ class SparsityReport:
                 "model_sparsity": round(self.zero_params / self.total_params, 6) if self.total_params else 0.0,
             },
             "macs": dict(self.macs),
+            **({"macs_unavailable": self.macs_unavailable} if self.macs_unavailable else {}),
             "layers": [layer.to_dict() for layer in self.layers],
             "structures": self.structures,
         }
@@ -129,92 +143,31 @@ class SparsityReport:
         def fmt(v):
             return f"{v / 1e6:,.2f} M" if v is not None else "n/a"
 
-        lines.append(
-            f"MACs per image: dense {fmt(self.macs.get('dense'))}, pruned shapes {fmt(self.macs.get('pruned'))}, "
-            f"non-zero weights only {fmt(self.macs.get('effective'))}."
-        )
+        if self.macs_unavailable:
+            lines.append(f"MACs: unavailable ({self.macs_unavailable}).")
+        else:
+            lines.append(
+                f"MACs per image: dense {fmt(self.macs.get('dense'))}, pruned shapes {fmt(self.macs.get('pruned'))}, "
+                f"non-zero weights only {fmt(self.macs.get('effective'))}."
+            )
         return "\n".join(lines)
 
 
-def _image_input(model: nn.Module, device, dtype) -> torch.Tensor:
-    config = model.config
-    size = getattr(config, "image_size", None) or 224
-    if isinstance(size, (list, tuple)):
-        h, w = size[0], size[-1]
-    elif isinstance(size, dict):
-        h, w = size.get("height", 224), size.get("width", 224)
-    else:
-        h = w = int(size)
-    channels = getattr(config, "num_channels", 3)
-    return torch.zeros(1, channels, h, w, device=device, dtype=dtype)
-
-
-@torch.no_grad()
-def count_macs(model: nn.Module, attention_modules: list[str] | None = None) -> dict[str, Any]:
-    """MACs per image of ``model`` (one forward of a zero image; works on the meta device).
-
-    Returns ``{"total": int, "effective": int, "per_module": {name: macs}}``; ``effective`` counts only non-zero
-    weights of Linear/Conv2d layers (it equals ``total`` on the meta device).
-    """
-    per_module: dict[str, int] = {}
-    effective = 0
-    handles = []
-    is_meta = next(model.parameters()).device.type == "meta"
-
-    def linear_hook(name):
-        def hook(module, inputs, output):
-            nonlocal effective
-            if isinstance(module, nn.Linear):
-                positions = output.shape[:-1].numel()  # also right for a fully pruned layer (0 outputs)
-            else:
-                positions = output.shape[-1] * output.shape[-2] * output.shape[0]
-            weight = module.weight
-            macs = positions * weight.numel()
-            per_module[name] = per_module.get(name, 0) + macs
-            nnz = weight.numel() if is_meta else int(torch.count_nonzero(weight))
-            effective += positions * nnz
-
-        return hook
-
-    def attention_hook(name):
-        def hook(module, inputs, output):
-            # q·kᵀ and attn·v: 2 · tokens² · (heads·head_dim), with tokens and width read off the query projection.
-            q = output
-            tokens = q.shape[-2] if q.dim() == 3 else q.shape[1]
-            per_module[name + ".scores"] = per_module.get(name + ".scores", 0) + 2 * tokens * tokens * q.shape[-1]
-
-        return hook
-
-    for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_MODULE_TYPES):
-            handles.append(module.register_forward_hook(linear_hook(name)))
-    for name in attention_modules or []:
-        handles.append(model.get_submodule(name).register_forward_hook(attention_hook(name)))
-    param = next(model.parameters())
-    try:
-        was_training = model.training
-        model.eval()
-        model(pixel_values=_image_input(model, param.device, param.dtype))
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    total = sum(per_module.values())
-    attention_total = sum(v for k, v in per_module.items() if k.endswith(".scores"))
-    return {"total": total, "effective": effective + attention_total, "per_module": per_module}
-
-
 def _query_modules(adapter) -> list[str]:
-    from .adapters import ATTENTION_HEAD
-
-    if adapter.family == "generic":
-        return []
-    return [g.producers[0] for g in adapter.structure_groups([ATTENTION_HEAD])]
+    """Kept for callers of the former private helper; use :func:`hf_sparsify.structured.attention_query_modules`."""
+    return attention_query_modules(adapter)
 
 
-def sparsity_report(model: nn.Module, *, compute_macs: bool = True) -> SparsityReport:
+def sparsity_report(model: nn.Module, *, compute_macs: bool = True, example_inputs: dict[str, Any] | None = None) -> SparsityReport:
     """Per-layer and global sparsity of ``model``'s prunable layers, parameter counts, and MACs per image for the
-    dense and the pruned shapes. Models without an adapter report every ``nn.Linear``/``nn.Conv2d``."""
+    dense and the pruned shapes. Models without an adapter report every ``nn.Linear``/``nn.Conv2d``.
+
+    Args:
+        compute_macs: count MACs (one forward pass of a zero image, and one of the dense model on the meta device).
+        example_inputs: keyword inputs of one example for models that do not take images (``{"input_ids": ...}``):
+            MACs are then counted per such example. Without them, such a model's MACs are ``None`` and
+            ``macs_unavailable`` says why.
+    """
     adapter = get_adapter(model, allow_generic=True)
     if adapter.family == "generic":
         layers = adapter.select_layers([r".*"])
@@ -233,23 +186,36 @@ def sparsity_report(model: nn.Module, *, compute_macs: bool = True) -> SparsityR
     meta = getattr(model.config, METADATA_KEY, None) or {}
     macs: dict[str, int | None] = {"dense": meta.get("dense_macs"), "pruned": None, "effective": None}
     dense_params = meta.get("dense_params")
+    unavailable = None
     if compute_macs:
-        queries = _query_modules(adapter)
-        current = count_macs(model, queries)
-        macs["pruned"], macs["effective"] = current["total"], current["effective"]
-        for s in stats:
-            s.macs = current["per_module"].get(s.name)
-            if s.macs is not None and s.numel:
-                s.effective_macs = round(s.macs * (1 - s.sparsity))
-        if macs["dense"] is None or dense_params is None:
+        queries = attention_query_modules(adapter)
+        unavailable = macs_unavailable_reason(model) if example_inputs is None else None
+        if unavailable is None:
+            try:
+                current = count_macs(model, queries, inputs=example_inputs)
+            except Exception as err:  # noqa: BLE001
+                if adapter.family != "generic" or example_inputs is not None:
+                    raise  # a supported model (or the caller's inputs) must run: a real fault
+                # an architecture without an adapter may need more than an image (CLIP needs text too): say why
+                unavailable = f"one forward pass with a zero image failed: {type(err).__name__}: {str(err)[:200]}"
+        if unavailable is None:
+            macs["pruned"], macs["effective"] = current["total"], current["effective"]
+            for s in stats:
+                s.macs = current["per_module"].get(s.name)
+                if s.macs is not None and s.numel:
+                    s.effective_macs = round(s.macs * (1 - s.sparsity))
+        if unavailable is not None or example_inputs is not None:
+            macs["dense"] = None  # counted per image, or not at all: not comparable with these counts
+        need_dense_macs = macs["dense"] is None and unavailable is None and example_inputs is None
+        if need_dense_macs or dense_params is None:
             try:
                 skeleton = dense_skeleton(model)
-                if macs["dense"] is None:
+                if need_dense_macs:
                     macs["dense"] = count_macs(skeleton, queries)["total"]
                 if dense_params is None:
                     dense_params = sum(p.numel() for p in skeleton.parameters())
             except Exception:  # noqa: BLE001 - models that cannot run on the meta device
-                macs["dense"] = macs["dense"] or None
+                pass
 
     structures = []
     if adapter.family != "generic":
@@ -269,4 +235,5 @@ def sparsity_report(model: nn.Module, *, compute_macs: bool = True) -> SparsityR
         macs=macs,
         structures=structures,
         dense_params=dense_params,
+        macs_unavailable=unavailable,
     )

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +52,34 @@ def test_report_shows_widths_and_dense_macs_of_a_structured_model():
 def test_report_runs_for_other_families(family):
     report = hf_sparsify.sparsity_report(make_tiny_model(family))
     assert report.sparsity == 0 and report.macs["pruned"] > 0 and report.macs["dense"] == report.macs["pruned"]
+
+
+# ------------------------------------------------------------------------------------------------ models without images
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)).eval()
+
+
+def test_report_of_a_text_model_pruned_with_targets_says_macs_are_unavailable(tmp_path):
+    assert hf_sparsify.__file__.startswith(str(Path(__file__).parents[1]))  # not another checkout's package
+    pruned = hf_sparsify.prune(_tiny_bert(), hf_sparsify.MagnitudeConfig(sparsity=0.5, targets=[r"intermediate\.dense$"]))
+    report = hf_sparsify.sparsity_report(pruned)
+    assert [round(l.sparsity, 3) for l in report.layers if l.name.endswith("intermediate.dense")] == [0.5, 0.5]
+    assert report.macs == {"dense": None, "pruned": None, "effective": None}
+    assert "BertModel takes 'input_ids'" in report.macs_unavailable
+    assert "MACs: unavailable" in str(report) and report.to_dict()["macs_unavailable"] == report.macs_unavailable
+    # saving writes the summary, which holds the report: it no longer crashes half-way
+    pruned.save_pretrained(tmp_path)
+    summary = json.loads((tmp_path / "sparsity_summary.json").read_text())
+    assert summary["macs"]["pruned"] is None and "input_ids" in summary["macs_unavailable"]
+
+
+def test_example_inputs_count_the_macs_of_a_text_model():
+    model = _tiny_bert()
+    tokens, d, f = 8, 16, 32
+    report = hf_sparsify.sparsity_report(model, example_inputs={"input_ids": torch.zeros(1, tokens, dtype=torch.long)})
+    # 2 layers x (q, k, v, o, fc1, fc2) + the pooler on the first token; BERT's attention products are not hooked
+    assert report.macs["pruned"] == 2 * tokens * (4 * d * d + 2 * d * f) + d * d
+    assert report.macs["dense"] is None and report.macs_unavailable is None

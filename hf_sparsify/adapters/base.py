@@ -6,6 +6,8 @@ Methods never hard-code module names; they ask the adapter:
   prune (attention projections, MLP layers, ConvNeXt pointwise and downsampling convs) with their role.
 * :meth:`ModelAdapter.structure_groups` lists the structures that structured methods remove (MLP hidden neurons,
   attention heads, ConvNeXt block hidden channels), each with every tensor it owns.
+* :meth:`ModelAdapter.width_config_fields` says which fields of the model's transformers config hold those widths,
+  so that a structurally pruned model records them where transformers reads them.
 
 Module *names* are stored, not module objects, because structured surgery replaces modules.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -73,10 +75,6 @@ class PrunableLayer:
     def numel(self) -> int:
         return self.module.weight.numel()
 
-    def weight_as_matrix(self) -> torch.Tensor:
-        """The weight as (out, in·k·k), row-major, which is how masks and Fisher blocks see it (a view)."""
-        return self.module.weight.reshape(self.module.weight.shape[0], -1)
-
 
 @dataclass
 class StructureGroup:
@@ -94,13 +92,11 @@ class StructureGroup:
         consumers: modules whose input columns are the units (``fc2``; ``down_proj``; ``o_proj``).
         unit_size: rows per unit (1 for a neuron, ``head_dim`` for a head).
         extra_params: ``(parameter_name, dim)`` of further tensors indexed by unit (ConvNeXtV2's GRN).
-        observe: the module whose *input* carries the units' post-activation values (VBP hooks it); for an
-            MLP this is the consumer: ``fc2``'s input is ``act(fc1(x))``.
+        observe: the module whose *input* carries the units' output values (VBP hooks it); for an MLP this is the
+            consumer: ``fc2``'s input is ``act(fc1(x))``; for heads ``o_proj``, whose input is the heads' outputs.
         layer_scale: the LayerScale parameter applied after the consumer, if any (the bias fold stays exact).
         count_attribute: the attribute of the owner module holding the unit count (``num_attention_heads``),
             updated when units are removed; ``None`` if the count is read from the shapes.
-        per_layer_config_key: the transformers config attribute that holds this group's size per layer
-            (``intermediate_size``, ``num_attention_heads``), used to record shrunk shapes.
         blocks_exact_fold: a reason the mean-fold of removed units is not exact here (ConvNeXtV2's GRN), or None.
     """
 
@@ -116,7 +112,6 @@ class StructureGroup:
     observe: str | None = None
     layer_scale: str | None = None
     count_attribute: str | None = None
-    per_layer_config_key: str | None = None
     blocks_exact_fold: str | None = None
 
     def unit_rows(self, units: torch.Tensor) -> torch.Tensor:
@@ -127,8 +122,9 @@ class StructureGroup:
 
 
 class ModelAdapter:
-    """Base of the per-family adapters. Subclasses set ``family``, ``model_types`` and implement ``_blocks`` plus
-    the two listings; the generic adapter serves ``targets=`` regexes on any model.
+    """Base of the per-family adapters. Subclasses set ``family``, ``model_types`` and implement :meth:`blocks`,
+    :meth:`prunable_layers` and :meth:`structure_groups` (and :meth:`width_config_fields` where the family's config
+    has width fields); the generic adapter serves ``targets=`` regexes on any model.
 
     Args:
         model: a transformers model of the family (classification head or bare backbone).
@@ -144,9 +140,12 @@ class ModelAdapter:
 
     # -- to implement -----------------------------------------------------------------------------------
     def prunable_layers(self) -> list[PrunableLayer]:
+        """The weights unstructured methods prune by default, in model order, with their roles."""
         raise NotImplementedError
 
     def structure_groups(self, kinds: Iterable[str] | None = None) -> list[StructureGroup]:
+        """The model's structure groups of the given kinds (default: every kind the family has), in model order;
+        structured methods select among them with :func:`hf_sparsify.structured.select_groups`."""
         return []
 
     def blocks(self) -> list[tuple[str, nn.Module]]:
@@ -159,6 +158,18 @@ class ModelAdapter:
         (bare backbones, ConvNeXt's pooling, DINOv2's CLS + patch-mean head). VBP's last-block compensation uses it."""
         return None
 
+    def width_config_fields(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """Where the model's config records its current structure widths, as transformers reads them.
+
+        Returns ``(fields, per_layer)``: ``fields`` are config attributes to set because every block has the
+        same width (``{"intermediate_size": 96}``, ``{"num_attention_heads": 2, "head_dim": 8}``), and
+        ``per_layer`` maps a block index to the transformers-native per-layer overrides of the blocks that differ
+        from the config (``{0: {"intermediate_size": 32}}``). Widths that no config field can express (ConvNeXt
+        channels) are left out: the shape record of :mod:`hf_sparsify.surgery.shapes` carries them. The base
+        adapter knows no such field.
+        """
+        return {}, {}
+
     def distillation_outputs(self) -> tuple[str, str] | None:
         """``(class-token logits key, distillation-token logits key)`` of the model's output when it has a second
         head trained from a teacher (DeiT with teacher: ``("cls_logits", "distillation_logits")``), else ``None``.
@@ -167,9 +178,11 @@ class ModelAdapter:
 
     # -- shared helpers -----------------------------------------------------------------------------------
     def module(self, name: str) -> nn.Module:
+        """The module at ``name`` (a path in the model)."""
         return self.model.get_submodule(name)
 
     def module_name(self, module: nn.Module) -> str:
+        """The path of ``module`` in the model."""
         for name, mod in self.model.named_modules():
             if mod is module:
                 return name
@@ -204,9 +217,6 @@ class ModelAdapter:
     def _example_names(self, limit: int = 8) -> list[str]:
         names = [n for n, m in self.model.named_modules() if isinstance(m, PRUNABLE_MODULE_TYPES)]
         return names[:limit]
-
-    def iter_groups(self, kinds: Iterable[str] | None = None) -> Iterator[StructureGroup]:
-        yield from self.structure_groups(kinds)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(family={self.family!r}, model={type(self.model).__name__})"

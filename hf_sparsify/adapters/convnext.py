@@ -17,6 +17,10 @@ from .base import CONV_CHANNEL, MLP_NEURON, ModelAdapter, PrunableLayer, Structu
 
 @register_adapter
 class ConvNextAdapter(ModelAdapter):
+    """ConvNeXt (``ConvNextModel``, ``ConvNextForImageClassification``): prunable ``pwconv1``/``pwconv2`` and the
+    stages' downsampling convs; structures are the blocks' hidden channels (``pwconv1`` rows, ``pwconv2`` columns),
+    with LayerScale after ``pwconv2``. No config field holds the channel counts: the shape record does."""
+
     family = "convnext"
     model_types = ("convnext",)
     description = "ConvNeXt: ConvNextModel, ConvNextForImageClassification"
@@ -50,6 +54,7 @@ class ConvNextAdapter(ModelAdapter):
         return out
 
     def downsampling_layers(self) -> list[tuple[str, nn.Module, int]]:
+        """``(name, conv, stage index)`` of every stage's downsampling conv."""
         out = []
         for s, stage in enumerate(self._stages):
             for k, module in enumerate(stage.downsampling_layer):
@@ -105,6 +110,10 @@ class ConvNextAdapter(ModelAdapter):
 
 @register_adapter
 class ConvNextV2Adapter(ConvNextAdapter):
+    """ConvNeXtV2 (``ConvNextV2Model``, ``ConvNextV2ForImageClassification``): as ConvNeXt, without LayerScale and
+    with GRN between GELU and ``pwconv2``, whose entries belong to the hidden channels too (and which makes a
+    mean-fold of removed channels inexact)."""
+
     family = "convnextv2"
     model_types = ("convnextv2",)
     description = "ConvNeXtV2: ConvNextV2Model, ConvNextV2ForImageClassification (GRN)"

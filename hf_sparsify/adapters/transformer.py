@@ -8,7 +8,7 @@ The spec follows the module classes of the installed transformers (5.x): a list 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from torch import nn
 
@@ -33,10 +33,15 @@ class TransformerSpec:
     up: str = "mlp.up_proj"
     down: str = "mlp.down_proj"
     layer_scale: str | None = None  # LayerScale after the MLP, relative to the block
-    mlp_width_key: str = "intermediate_size"  # transformers config attribute holding the MLP width
+    attention_layer_scale: str | None = None  # LayerScale after the attention, relative to the block
 
 
 class TransformerAdapter(ModelAdapter):
+    """Base of the adapters of ViT-style encoders: a subclass names the family and gives a :class:`TransformerSpec`
+    (where the blocks and their modules are); prunable layers and structure groups (heads, MLP neurons) follow from
+    it, and the width config fields are the transformers ones (``num_attention_heads`` + ``head_dim``,
+    ``intermediate_size``)."""
+
     spec: TransformerSpec
 
     def __init__(self, model: nn.Module):
@@ -131,8 +136,8 @@ class TransformerAdapter(ModelAdapter):
                         num_units=out_rows // head_dim,
                         unit_size=head_dim,
                         observe=f"{block_name}.{s.output}",
+                        layer_scale=f"{block_name}.{s.attention_layer_scale}" if s.attention_layer_scale else None,
                         count_attribute=s.heads_attribute,
-                        per_layer_config_key="num_attention_heads",
                     )
                 )
             if MLP_NEURON in kinds:
@@ -151,14 +156,49 @@ class TransformerAdapter(ModelAdapter):
                         num_units=self.model.get_submodule(producers[0]).out_features,
                         observe=consumer,
                         layer_scale=f"{block_name}.{s.layer_scale}" if s.layer_scale else None,
-                        per_layer_config_key=s.mlp_width_key,
                     )
                 )
         return groups
 
+    # -- config fields of the widths ----------------------------------------------------------------------
+    def width_config_fields(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """``num_attention_heads`` (with an explicit ``head_dim``) and the MLP width field: set where every block
+        has the same count, per-layer overrides where the blocks differ (see :meth:`ModelAdapter.width_config_fields`)."""
+        config = self.model.config
+        fields: dict[str, Any] = {}
+        per_layer: dict[int, dict[str, Any]] = {}
+        heads = self.structure_groups([ATTENTION_HEAD])
+        counts = [g.num_units for g in heads]
+        current = config.num_attention_heads
+        if len(set(counts)) == 1:
+            if counts[0] != current:
+                fields.update(head_dim=heads[0].unit_size, num_attention_heads=counts[0])
+        elif counts:
+            fields["head_dim"] = heads[0].unit_size
+            for group, count in zip(heads, counts):
+                if count != current:
+                    per_layer.setdefault(group.block_index, {})["num_attention_heads"] = count
+        mlps = self.structure_groups([MLP_NEURON])
+        self._mlp_width_fields([(g.block_index, g.num_units) for g in mlps], fields, per_layer)
+        return fields, per_layer
+
+    def _mlp_width_fields(self, widths: list[tuple[int, int]], fields: dict[str, Any], per_layer: dict[int, dict[str, Any]]) -> None:
+        """``intermediate_size``: the common width, or per-layer overrides of the blocks that differ."""
+        config = self.model.config
+        values = [w for _, w in widths]
+        if len(set(values)) == 1:
+            fields["intermediate_size"] = values[0]
+        else:
+            for block_index, width in widths:
+                if width != config.intermediate_size:
+                    per_layer.setdefault(block_index, {})["intermediate_size"] = width
+
 
 @register_adapter
 class ViTAdapter(TransformerAdapter):
+    """ViT (``ViTModel``, ``ViTForImageClassification``): attention projections and ``mlp.fc1``/``fc2``; the
+    classifier reads the CLS token."""
+
     family = "vit"
     model_types = ("vit",)
     description = "ViT: ViTModel, ViTForImageClassification"
@@ -172,6 +212,9 @@ class ViTAdapter(TransformerAdapter):
 
 @register_adapter
 class DeiTAdapter(TransformerAdapter):
+    """DeiT (``DeiTModel``, ``DeiTForImageClassification``, ``…WithTeacher``): as ViT; the model with teacher has a
+    second (distillation) head reading the distillation token."""
+
     family = "deit"
     model_types = ("deit",)
     description = "DeiT: DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher"
@@ -192,7 +235,26 @@ class DeiTAdapter(TransformerAdapter):
 
 @register_adapter
 class Dinov2Adapter(TransformerAdapter):
+    """DINOv2 with or without registers (``Dinov2Model``, ``Dinov2ForImageClassification``, and the ``…WithRegisters``
+    classes): MLP (``fc1``/``fc2``) or SwiGLU (``gate_proj``/``up_proj``/``down_proj``) blocks, LayerScale after the
+    attention and the MLP. The MLP width is the integer config field ``mlp_ratio`` (times ``hidden_size``)."""
+
     family = "dinov2"
     model_types = ("dinov2", "dinov2_with_registers")
     description = "DINOv2 (MLP or SwiGLU, with or without registers): Dinov2Model, Dinov2ForImageClassification"
-    spec = TransformerSpec(layers="encoder.layer", layer_scale="layer_scale2.lambda1", mlp_width_key="mlp_ratio")
+    spec = TransformerSpec(layers="encoder.layer", layer_scale="layer_scale2.lambda1", attention_layer_scale="layer_scale1.lambda1")
+
+    def _mlp_width_fields(self, widths: list[tuple[int, int]], fields: dict[str, Any], per_layer: dict[int, dict[str, Any]]) -> None:
+        """``mlp_ratio`` is an integer: only plain-MLP widths that are whole multiples of ``hidden_size`` are
+        expressible (SwiGLU's width is derived from it with rounding, so never); others stay in the shape record."""
+        config = self.model.config
+        hidden = config.hidden_size
+        swiglu = bool(getattr(config, "use_swiglu_ffn", False))
+        values = [w for _, w in widths]
+        expressible = [not swiglu and w % hidden == 0 for w in values]
+        if len(set(values)) == 1 and expressible[0]:
+            fields["mlp_ratio"] = values[0] // hidden
+        elif values and all(expressible):
+            for block_index, width in widths:
+                if width // hidden != config.mlp_ratio:
+                    per_layer.setdefault(block_index, {})["mlp_ratio"] = width // hidden

@@ -17,8 +17,12 @@ No formula here subtracts raw second moments (``E[x²] − mean²``), so there i
 
 ```python
 >>> from hf_sparsify.observers import collect_activation_moments
->>> moments = collect_activation_moments(model, {"block0": "vit.layers.0.mlp.fc2"}, batches)
->>> moments["block0"].mean.shape, moments["block0"].variance.shape    # (intermediate_size,) each, float64
+>>> batches = [{"pixel_values": torch.randn(8, 3, 32, 32)} for _ in range(2)]
+>>> moments = collect_activation_moments(model, {"block0": "vit.layers.0.mlp.fc2"}, batches, disable_tqdm=True)
+>>> moments["block0"].mean.shape, moments["block0"].variance.dtype       # one per hidden neuron, float64
+(torch.Size([192]), torch.float64)
+>>> moments["block0"].count                                               # 2 batches × 8 images × 65 tokens
+1040
 ```
 """
 

@@ -16,19 +16,19 @@ which is saved in ``config.json``:
   re-initialised.
 
 Where every block has the same width, the standard config field is set instead (``intermediate_size``,
-``num_attention_heads`` with an explicit ``head_dim``), and plain transformers loads the checkpoint.
+``num_attention_heads`` with an explicit ``head_dim``), and plain transformers loads the checkpoint. Which config
+fields hold widths is the adapter's knowledge (:meth:`~hf_sparsify.adapters.ModelAdapter.width_config_fields`).
 :func:`apply_shapes` rebuilds the shapes on a freshly built dense model, before weights are loaded.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..adapters import ATTENTION_HEAD, MLP_NEURON, get_adapter
+from ..adapters import get_adapter
 
 __all__ = ["METADATA_KEY", "get_metadata", "dense_config", "dense_skeleton", "record_shapes", "apply_shapes", "is_structured"]
 
@@ -78,54 +78,12 @@ def _signature(module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def _set_standard_fields(model: nn.Module, adapter) -> dict[int, dict[str, Any]]:
-    """Where every block has the same MLP width or head count, set the standard config field; otherwise return
-    transformers-native per-layer overrides. Only transformer families have such fields."""
-    config = model.config
-    per_layer: dict[int, dict[str, Any]] = {}
-    groups = adapter.structure_groups() if adapter.family != "generic" else []
-    by_kind: dict[str, list] = {}
-    for group in groups:
-        if group.per_layer_config_key:
-            by_kind.setdefault(group.kind, []).append(group)
-
-    heads = by_kind.get(ATTENTION_HEAD, [])
-    if heads:
-        counts = [g.num_units for g in heads]
-        head_dim = heads[0].unit_size
-        current = config.num_attention_heads
-        if len(set(counts)) == 1:
-            if counts[0] != current:
-                config.head_dim = head_dim
-                config.num_attention_heads = counts[0]
-        else:
-            config.head_dim = head_dim
-            for g, n in zip(heads, counts):
-                if n != current:
-                    per_layer.setdefault(g.block_index, {})["num_attention_heads"] = n
-
-    mlps = by_kind.get(MLP_NEURON, [])
-    if mlps:
-        key = mlps[0].per_layer_config_key
-        widths = [g.num_units for g in mlps]
-        if key == "intermediate_size":
-            if len(set(widths)) == 1:
-                config.intermediate_size = widths[0]
-            else:
-                for g, w in zip(mlps, widths):
-                    if w != config.intermediate_size:
-                        per_layer.setdefault(g.block_index, {})["intermediate_size"] = w
-        elif key == "mlp_ratio":
-            # DINOv2's mlp_ratio is an int: only widths that are whole multiples of hidden_size are expressible.
-            hidden = config.hidden_size
-            swiglu = bool(getattr(config, "use_swiglu_ffn", False))
-            expressible = [not swiglu and w % hidden == 0 for w in widths]
-            if len(set(widths)) == 1 and expressible[0]:
-                config.mlp_ratio = widths[0] // hidden
-            elif all(expressible):
-                for g, w in zip(mlps, widths):
-                    if w // hidden != config.mlp_ratio:
-                        per_layer.setdefault(g.block_index, {})["mlp_ratio"] = w // hidden
+def _set_width_fields(model: nn.Module, adapter) -> dict[int, dict[str, Any]]:
+    """Set the config fields that hold the model's widths where every block agrees (the adapter knows which:
+    :meth:`~hf_sparsify.adapters.ModelAdapter.width_config_fields`) and return the per-layer overrides."""
+    fields, per_layer = adapter.width_config_fields()
+    for key, value in fields.items():
+        setattr(model.config, key, value)
     return per_layer
 
 
@@ -138,7 +96,7 @@ def record_shapes(model: nn.Module) -> dict[str, Any]:
     for key in _SHAPE_KEYS:
         meta.pop(key, None)
     adapter = get_adapter(model, allow_generic=True)
-    per_layer = _set_standard_fields(model, adapter)
+    per_layer = _set_width_fields(model, adapter)
     skeleton = dense_skeleton(model)
 
     module_shapes: dict[str, Any] = {}
@@ -223,7 +181,3 @@ def apply_shapes(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
         for attr, value in attributes.items():
             setattr(module, attr, value)
     return model
-
-
-def copy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(meta)

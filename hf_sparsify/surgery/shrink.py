@@ -44,7 +44,8 @@ def fold_into_bias(model: nn.Module, group: StructureGroup, units: torch.Tensor,
 
     This is VBP's mean-shift compensation: a removed unit whose activation is replaced by its mean ``values``
     contributes a constant to the consumer's output. With LayerScale after the consumer the fold stays exact,
-    since the scale multiplies the whole consumer output, bias included.
+    since the scale multiplies the whole consumer output, bias included. The new bias is computed in float64
+    and written in the layer's dtype (one rounding, also for bf16 / fp16 models).
 
     Args:
         units: indices of the removed units; ``values``: one value per removed row (``len(units)*unit_size``),
@@ -61,7 +62,8 @@ def fold_into_bias(model: nn.Module, group: StructureGroup, units: torch.Tensor,
         shift = weight[:, rows.to(weight.device)].double() @ values.to(weight.device).double()
         if layer.bias is None:
             layer.bias = nn.Parameter(torch.zeros(weight.shape[0], device=weight.device, dtype=weight.dtype))
-        layer.bias.add_(shift.to(layer.bias.dtype))
+        # in float64, rounded once to the model's dtype (bf16 / fp16 biases lose no more than half an ulp)
+        layer.bias.copy_((layer.bias.double() + shift).to(layer.bias.dtype))
 
 
 @torch.no_grad()

@@ -119,3 +119,55 @@ def test_layout_mismatch_gives_clear_error(tiny_factory):
     del model.vit.layers[0].mlp.fc1
     with pytest.raises(UnsupportedModelError, match="does not recognise.*targets="):
         get_adapter(model)
+
+
+# ------------------------------------------------------------------------------------------------ width config fields
+def _shrink(model, kind, widths):
+    from hf_sparsify.surgery import keep_units
+
+    groups = [g for g in get_adapter(model).structure_groups([kind]) if g.kind == kind]
+    for group, width in zip(groups, widths):
+        keep_units(model, group, torch.arange(width))
+
+
+def test_width_config_fields_of_vit():
+    model = make_tiny_model("vit")
+    adapter = get_adapter(model)
+    assert adapter.width_config_fields() == ({"intermediate_size": 64}, {})  # dense: the fields as they are
+    _shrink(model, MLP_NEURON, [32, 48])
+    _shrink(model, ATTENTION_HEAD, [2, 2])
+    assert adapter.width_config_fields() == ({"head_dim": 8, "num_attention_heads": 2}, {0: {"intermediate_size": 32}, 1: {"intermediate_size": 48}})
+    _shrink(model, ATTENTION_HEAD, [1, 2])
+    fields, per_layer = adapter.width_config_fields()
+    assert fields == {"head_dim": 8}  # per-layer counts differ from the config's 4 heads in both blocks
+    assert per_layer == {0: {"intermediate_size": 32, "num_attention_heads": 1}, 1: {"intermediate_size": 48, "num_attention_heads": 2}}
+
+
+def test_width_config_fields_of_dinov2_use_the_integer_mlp_ratio():
+    model = make_tiny_model("dinov2")  # hidden 32, MLP 64 = mlp_ratio 2
+    _shrink(model, MLP_NEURON, [32, 32])
+    assert get_adapter(model).width_config_fields() == ({"mlp_ratio": 1}, {})
+    model = make_tiny_model("dinov2")
+    _shrink(model, MLP_NEURON, [32, 64])
+    assert get_adapter(model).width_config_fields() == ({}, {0: {"mlp_ratio": 1}})
+    model = make_tiny_model("dinov2")
+    _shrink(model, MLP_NEURON, [40, 40])  # not a multiple of hidden_size: only the shape record can hold it
+    assert get_adapter(model).width_config_fields() == ({}, {})
+    swiglu = make_tiny_model("dinov2_swiglu")
+    _shrink(swiglu, MLP_NEURON, [32, 32])  # SwiGLU widths are derived from mlp_ratio with rounding: never expressible
+    assert get_adapter(swiglu).width_config_fields() == ({}, {})
+
+
+def test_convnext_has_no_width_fields():
+    model = make_tiny_model("convnext")
+    _shrink(model, CONV_CHANNEL, [16, 16, 16])
+    assert get_adapter(model).width_config_fields() == ({}, {})
+
+
+def test_every_adapter_class_is_documented():
+    from hf_sparsify import adapters
+
+    for name in adapters.__all__:
+        obj = getattr(adapters, name)
+        if isinstance(obj, type):
+            assert obj.__doc__ and obj.__doc__.strip(), name

@@ -13,8 +13,7 @@ import hf_sparsify
 from hf_sparsify import PruningConfig, PruningConfigError, PruningError, VBPConfig
 from hf_sparsify.adapters import CONV_CHANNEL, MLP_NEURON, StructureGroup, UnsupportedModelError, get_adapter
 from hf_sparsify.data import CalibrationDataError
-from hf_sparsify.methods.vbp.pruner import group_output_scale, shrink_mlp
-from hf_sparsify.methods.vbp.selection import normalize_scores
+from hf_sparsify.structured import group_output_scale, kept_units, normalize_scores, shrink_group
 from hf_sparsify.observers import collect_activation_moments
 from tests.conftest import make_tiny_model, tiny_batches, tiny_pixel_values
 from tests.methods.vbp.helpers import make_constant_neurons
@@ -56,7 +55,7 @@ def test_hand_computed_bias_fold():
     x = torch.tensor([[3.0, -1.0]])
     # dense: h = relu([3, 2, 0.5]) -> y = W2 h + b2 = [3 + 4 + 1.5 + 0.5, 12 + 10 + 3 - 1] = [9, 24]
     assert mlp(x).tolist() == [[9.0, 24.0]]
-    shrink_mlp(mlp, StructureGroup(**MLP_GROUP), keep=torch.tensor([0]), means=torch.tensor([1.0, 2.0, 0.5]))
+    shrink_group(mlp, StructureGroup(**MLP_GROUP), keep=torch.tensor([0]), fold_values=torch.tensor([1.0, 2.0, 0.5]))
     # b2' = b2 + W2[:, [1, 2]] @ [2, 0.5] = [0.5 + 4 + 1.5, -1 + 10 + 3] = [6, 12]
     assert mlp.fc2.bias.tolist() == [6.0, 12.0]
     assert mlp.fc2.weight.tolist() == [[1.0], [4.0]] and mlp.fc1.weight.tolist() == [[1.0, 0.0]] and mlp.fc1.bias.tolist() == [0.0]
@@ -65,7 +64,7 @@ def test_hand_computed_bias_fold():
 
 def test_hand_computed_bias_fold_creates_a_missing_bias():
     mlp = TwoLayerMLP(bias2=False)
-    shrink_mlp(mlp, StructureGroup(**MLP_GROUP), keep=torch.tensor([0]), means=torch.tensor([1.0, 2.0, 0.5]))
+    shrink_group(mlp, StructureGroup(**MLP_GROUP), keep=torch.tensor([0]), fold_values=torch.tensor([1.0, 2.0, 0.5]))
     assert mlp.fc2.bias.tolist() == [5.5, 13.0]  # W2[:, [1, 2]] @ [2, 0.5]
     assert mlp(torch.tensor([[3.0, -1.0]])).tolist() == [[8.5, 25.0]]  # the dense output without b2
 
@@ -391,3 +390,73 @@ def test_non_finite_activations():
     batches[0]["pixel_values"][1, :, 2, 3] = math.inf
     with pytest.raises(PruningError, match="non-finite"):
         hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5), batches)
+
+
+# ------------------------------------------------------------------------------------------------ the result's summary
+@pytest.mark.parametrize("family", ["vit", "convnext"])
+def test_summary_reports_neurons_macs_and_parameters_removed(family):
+    model = make_tiny_model(family)
+    pruned = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, round_to=1), tiny_batches(model, 2))
+    summary = pruned.pruning_result.summary
+    report = hf_sparsify.sparsity_report(pruned)
+    assert set(summary) == {"neurons_removed", "macs_reduction", "params_reduction"}  # not a "sparsity" of 0
+    assert summary["neurons_removed"] == pytest.approx(0.5, abs=1e-6)
+    assert summary["macs_reduction"] == pytest.approx(1 - report.macs["pruned"] / report.macs["dense"], abs=1e-6) and summary["macs_reduction"] > 0
+    assert summary["params_reduction"] == pytest.approx(1 - report.total_params / report.dense_params, abs=1e-6) and summary["params_reduction"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ half precision
+def _cpu_runs(dtype) -> bool:
+    try:
+        model = make_tiny_model("vit").to(dtype)
+        with torch.no_grad():
+            model(pixel_values=tiny_pixel_values(model, batch=1).to(dtype))
+        return True
+    except RuntimeError:
+        return False
+
+
+HALF = [torch.bfloat16, pytest.param(torch.float16, marks=pytest.mark.skipif(not _cpu_runs(torch.float16), reason="this CPU build lacks float16 ops"))]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("family", FOLDABLE + ["convnextv2"])
+def test_half_precision_models_fold_in_float64_and_keep_their_dtype(family, dtype, tmp_path):
+    model = make_tiny_model(family).to(dtype)
+    batches = [{"pixel_values": b["pixel_values"].to(dtype)} for b in tiny_batches(model, 3)]
+    groups = groups_of(model)
+    moments = collect_activation_moments(model, {g.name: g.observe for g in groups}, batches)
+    assert all(m.mean.dtype == torch.float64 for m in moments.values())
+    pruned = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, round_to=1, compensation_tokens="all"), batches)
+    assert {p.dtype for p in pruned.parameters()} == {dtype}
+    for group in groups:
+        width = pruned.pruning_result.layers[group.name]["width"]
+        removed = torch.ones(group.num_units, dtype=torch.bool)
+        removed[kept_units(moments[group.name].variance, width)] = False
+        consumer = model.get_submodule(group.consumers[0])
+        shift = consumer.weight[:, removed].double() @ moments[group.name].mean[removed]
+        expected = (consumer.bias.double() + shift).to(dtype)  # computed in float64, rounded once
+        if group.blocks_exact_fold:  # ConvNeXtV2's GRN: no fold by default
+            expected = consumer.bias
+        assert torch.equal(pruned.get_submodule(group.consumers[0]).bias, expected)
+    x = tiny_pixel_values(model).to(dtype)
+    assert torch.isfinite(logits(pruned, x)).all()
+    pruned.save_pretrained(tmp_path)
+    loaded = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(tmp_path)
+    assert next(loaded.parameters()).dtype == dtype and torch.equal(logits(loaded, x), logits(pruned, x))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_constant_neurons_are_removed_without_changing_the_outputs(dtype):
+    model = make_tiny_model("vit")
+    for k, group in enumerate(groups_of(model)):
+        make_constant_neurons(model, group, torch.arange(0, group.num_units, 2), value=0.3 + 0.1 * k)
+    model = model.to(dtype)
+    x = tiny_pixel_values(model, batch=6, seed=11).to(dtype)
+    batches = [{"pixel_values": b["pixel_values"].to(dtype)} for b in tiny_batches(model, 3)]
+    pruned = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, compensation_tokens="all"), batches)
+    assert all(layer["removed_variance_fraction"] == 0 for layer in pruned.pruning_result.layers.values())
+    # the removed neurons' contribution moves into the bias: equal up to the half-precision rounding of the sums
+    torch.testing.assert_close(logits(pruned, x).float(), logits(model, x).float(), rtol=0, atol=8e-3 if dtype == torch.bfloat16 else 1e-3)
+    plain = hf_sparsify.prune(model, VBPConfig(pruning_ratio=0.5, compensation=False), batches)
+    assert (logits(plain, x).float() - logits(model, x).float()).abs().max() > 3e-2  # without the fold they move
