@@ -24,7 +24,7 @@ logger = get_logger(__name__)
 
 def _record_dense_reference(model: nn.Module, adapter) -> None:
     """Before the first pruning, remember the dense model's MACs, parameters and widths (for reports/cards)."""
-    from .report import _query_modules, count_macs
+    from .structured import attention_query_modules, count_macs
     from .surgery.shapes import dense_skeleton
 
     meta = get_metadata(model.config)
@@ -36,7 +36,7 @@ def _record_dense_reference(model: nn.Module, adapter) -> None:
     meta["dense_params"] = sum(p.numel() for p in model.parameters())
     try:
         skeleton = dense_skeleton(model)
-        meta["dense_macs"] = count_macs(skeleton, _query_modules(adapter))["total"]
+        meta["dense_macs"] = count_macs(skeleton, attention_query_modules(adapter))["total"]
     except Exception as err:  # noqa: BLE001 - MACs are informative, never a reason to fail pruning
         logger.info(f"hf_sparsify: could not count the dense model's MACs ({err}).")
     if adapter.family != "generic":

@@ -153,11 +153,6 @@ class SparsityReport:
         return "\n".join(lines)
 
 
-def _query_modules(adapter) -> list[str]:
-    """Kept for callers of the former private helper; use :func:`hf_sparsify.structured.attention_query_modules`."""
-    return attention_query_modules(adapter)
-
-
 def sparsity_report(model: nn.Module, *, compute_macs: bool = True, example_inputs: dict[str, Any] | None = None) -> SparsityReport:
     """Per-layer and global sparsity of ``model``'s prunable layers, parameter counts, and MACs per image for the
     dense and the pruned shapes. Models without an adapter report every ``nn.Linear``/``nn.Conv2d``.
