@@ -12,6 +12,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_SPARSIFY_DISABLE_TQDM", "1")
+# The local Hub server (tests/hub_server.py) runs in a thread of the test process: on a loaded 2-core machine a
+# training step can keep it from answering within huggingface_hub's default 10 s.
+os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "120")
+os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "120")
 # Under pytest-xdist every worker (and the subprocesses it starts) uses one thread, so that `-n 2` on two cores
 # does not run four busy threads on two cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
