@@ -268,7 +268,7 @@ def test_a_new_method_gets_its_flags_and_its_plan_is_shown(planning_method, tmp_
     assert (config.device, config.widths, config.fold, config.score) == ("meta", [16, 32], False, "square")
     assert main(["prune", str(DEMO_MODEL_DIR), "--method", "test-plan", "--sparsity", "0.3", "--widths", "4", "--output", str(tmp_path / "o"), "--disable-tqdm"]) == 0
     out, err = capsys.readouterr()
-    assert "hf-sparsify prune: test-plan with sparsity=0.3" in err and "will do nothing to 24 layers with widths [4]" in err
+    assert "hf-sparsify prune: test-plan (sparsity=0.3, widths=[4]) on " in err and "will do nothing to 24 layers with widths [4]" in err
     line = json.loads(out.strip().splitlines()[-1])
     assert line["nothing_done"] is True and line["method"] == "test-plan" and line["dtype"] == "float32"
 
@@ -344,7 +344,7 @@ def test_vbp_plan_and_result_line(tmp_path, capsys):
     ])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "hf-sparsify prune: vbp with pruning_ratio=0.3" in err and "calibration: 48 images in batches of 16" in err and "1,000 rows" in err
+    assert "hf-sparsify prune: vbp (pruning_ratio=0.3, num_calibration_samples=48, calibration_batch_size=16) on " in err and "calibration: 48 images in batches of 16" in err and "1,000 rows" in err
     line = json.loads(out.strip().splitlines()[-1])
     assert line["method"] == "vbp" and "sparsity" not in line  # not the misleading "sparsity": 0.0 of a shrunk model
     assert line["params"] < 119_194

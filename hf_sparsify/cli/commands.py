@@ -208,6 +208,19 @@ def _check_push_access(repo_id: str) -> None:
         raise HubPushError(f"--push-to-hub {repo_id}: the token is read-only; create a write token (checked before pruning).")
 
 
+def _settings(config: PruningConfig) -> str:
+    """The fields that differ from their defaults (the target first), e.g. ``sparsity=0.5, num_grads=64``."""
+    changed = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if f.init and (value != default or f.name == config.target_field):
+            changed[f.name] = value
+    target = {config.target_field: changed.pop(config.target_field)} if changed.get(config.target_field) is not None else {}
+    changed.pop(config.target_field, None)
+    return ", ".join(f"{name}={value!r}" for name, value in {**target, **changed}.items())
+
+
 def _print_plan(args, config, model, calibration, device) -> None:
     from ..adapters import get_adapter
 
@@ -215,7 +228,7 @@ def _print_plan(args, config, model, calibration, device) -> None:
     adapter = get_adapter(model, allow_generic=config.targets is not None)
     params = sum(p.numel() for p in model.parameters())
     _note(
-        f"hf-sparsify prune: {config.method} with {config.target_field}={config.target} on {args.model} "
+        f"hf-sparsify prune: {config.method} ({_settings(config)}) on {args.model} "
         f"({type(model).__name__}, {params / 1e6:.2f} M parameters, {_dtype_name(_model_dtype(model))}, {device})"
     )
     if calibration is not None:
