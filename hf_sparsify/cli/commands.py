@@ -173,8 +173,7 @@ def build_config(args: argparse.Namespace, options: list[MethodOption]) -> Pruni
     if config is not None:
         return config.replace(**overrides) if overrides else config
     if target not in overrides:
-        default = next(f.default for f in dataclasses.fields(config_class) if f.name == target)
-        if default is not None:
+        if next(_default(f) for f in dataclasses.fields(config_class) if f.name == target) is not None:
             raise CLIError(f"give {TARGET_FLAG} S (the fraction to remove, e.g. 0.5) or a --config FILE that sets it.")
     return config_class(**overrides)
 
@@ -208,17 +207,20 @@ def _check_push_access(repo_id: str) -> None:
         raise HubPushError(f"--push-to-hub {repo_id}: the token is read-only; create a write token (checked before pruning).")
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
 def _settings(config: PruningConfig) -> str:
-    """The fields that differ from their defaults (the target first), e.g. ``sparsity=0.5, num_grads=64``."""
-    changed = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        if f.init and (value != default or f.name == config.target_field):
-            changed[f.name] = value
-    target = {config.target_field: changed.pop(config.target_field)} if changed.get(config.target_field) is not None else {}
-    changed.pop(config.target_field, None)
-    return ", ".join(f"{name}={value!r}" for name, value in {**target, **changed}.items())
+    """The target and the fields that differ from their defaults, e.g. ``sparsity=0.5, num_grads=64``."""
+    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init and getattr(config, f.name) != _default(f)}
+    target = changed.pop(config.target_field, config.target)
+    shown = ({config.target_field: target} if target is not None else {}) | changed
+    return ", ".join(f"{name}={value!r}" for name, value in shown.items())
 
 
 def _print_plan(args, config, model, calibration, device) -> None:
