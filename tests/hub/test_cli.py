@@ -113,8 +113,8 @@ def test_prune_push_with_a_refused_token_fails_before_pruning(hub, tmp_path, mon
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_known_token")
     code = main(["prune", str(DEMO_MODEL_DIR), "--method", "magnitude", "--sparsity", "0.5", "--output", str(tmp_path / "out"), "--push-to-hub", "x"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"error: --push-to-hub x: the token was refused by {hub.url} (checked before pruning)"), err
-    assert not (tmp_path / "out").exists() and "hf-sparsify prune:" not in err  # nothing was loaded or pruned
+    assert code == 2 and err.startswith("error: ") and "token was refused" in err and hub.url in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and "hf-sparsify prune:" not in err  # nothing was loaded or pruned (no plan)
 
 
 def test_prune_push_to_an_unreachable_hub_fails_before_pruning(hub, tmp_path, monkeypatch, capsys):
@@ -124,5 +124,5 @@ def test_prune_push_to_an_unreachable_hub_fails_before_pruning(hub, tmp_path, mo
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     code = main(["prune", str(DEMO_MODEL_DIR), "--method", "magnitude", "--sparsity", "0.5", "--output", str(tmp_path / "out"), "--push-to-hub", "x"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: --push-to-hub x: cannot reach http://127.0.0.1:9") and "nothing was pruned" in err, err
-    assert not (tmp_path / "out").exists()
+    assert code == 2 and err.startswith("error: ") and "http://127.0.0.1:9" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and "hf-sparsify prune:" not in err
