@@ -27,6 +27,7 @@ from .errors import HfSparsifyError
 __all__ = [
     "CalibrationData",
     "CalibrationDataError",
+    "check_dataset_labels",
     "load_image_dataset",
     "find_columns",
     "random_indices",
@@ -51,27 +52,23 @@ def load_image_dataset(source: str | os.PathLike, split: str = "train"):
 
     Returns a ``datasets.Dataset``.
     """
+    dataset = _load_image_dataset(source, split)
+    if len(dataset) == 0:
+        raise CalibrationDataError(f"{source} (split {split!r}) holds no rows: give a dataset with images.")
+    return dataset
+
+
+def _load_image_dataset(source: str | os.PathLike, split: str):
     import datasets
 
     path = Path(source)
-    if path.is_file():
-        if path.suffix != ".parquet":
-            raise CalibrationDataError(f"{path}: a data file must be .parquet; for images give their folder (imagefolder layout).")
-        return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
-            loaded = datasets.load_from_disk(str(path))
-            return _pick_split(loaded, split, str(path))
-        parquet = sorted(path.glob("*.parquet"))
-        if parquet:
-            files = {p.stem.split("-")[0]: str(p) for p in parquet}
-            if split not in files:
-                raise CalibrationDataError(f"{path} has parquet splits {sorted(files)}, not {split!r}: {_SPLIT_HINT}")
-            return datasets.load_dataset("parquet", data_files={split: files[split]}, split=split)
-        if not any(path.iterdir()):
-            raise CalibrationDataError(f"{path} is an empty folder: it holds no images or data files.")
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
-        return _pick_split(loaded, split, str(path))
+    if path.exists():
+        try:
+            return _load_local(path, split)
+        except ValueError as err:  # datasets' own, e.g. 'Instruction "train" corresponds to no data!' for an empty file
+            if isinstance(err, CalibrationDataError):
+                raise
+            raise CalibrationDataError(f"{path}: could not read a dataset split {split!r} ({' '.join(str(err).split())}).") from None
     if str(source).startswith((".", "/", "~")) or os.sep in str(source) and not _looks_like_repo_id(str(source)):
         raise CalibrationDataError(f"No data at {source}: the path does not exist.")
     try:
@@ -81,6 +78,39 @@ def load_image_dataset(source: str | os.PathLike, split: str = "train"):
             f"Could not load dataset {source!r} (split {split!r}) from the Hugging Face Hub: {err}. "
             "Give a local path (a datasets folder, a parquet file or an image folder) when offline."
         ) from err
+
+
+def _load_local(path: Path, split: str):
+    import datasets
+
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise CalibrationDataError(f"{path}: a data file must be .parquet; for images give their folder (imagefolder layout).")
+        return _load_parquet(path, split)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+            return _pick_split(loaded, split, str(path))
+        parquet = sorted(path.glob("*.parquet"))
+        if parquet:
+            files = {p.stem.split("-")[0]: str(p) for p in parquet}
+            if split not in files:
+                raise CalibrationDataError(f"{path} has parquet splits {sorted(files)}, not {split!r}: {_SPLIT_HINT}")
+            return _load_parquet(Path(files[split]), split)
+        if not any(path.iterdir()):
+            raise CalibrationDataError(f"{path} is an empty folder: it holds no images or data files.")
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+        return _pick_split(loaded, split, str(path))
+    raise CalibrationDataError(f"{path} is neither a file nor a folder.")
+
+
+def _load_parquet(path: Path, split: str):
+    import datasets
+    import pyarrow.parquet
+
+    if pyarrow.parquet.ParquetFile(path).metadata.num_rows == 0:
+        raise CalibrationDataError(f"{path} holds no rows: give a dataset with images.")
+    return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
 
 
 def _looks_like_repo_id(value: str) -> bool:
@@ -99,7 +129,11 @@ def _pick_split(loaded, split: str, where: str):
 
 
 def find_columns(dataset) -> tuple[str, str | None]:
-    """The image column and the label column (``None`` if absent) of a datasets ``Dataset``."""
+    """The image column and the label column (``None`` if absent) of a datasets ``Dataset``.
+
+    The label column is the ``ClassLabel`` column, else an integer column with a usual name (``label``,
+    ``labels``, ``fine_label``...); a column of text labels is not one (see :func:`check_dataset_labels`).
+    """
     import datasets
 
     features = dataset.features
@@ -112,8 +146,55 @@ def find_columns(dataset) -> tuple[str, str | None]:
         )
     label = next((name for name, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
     if label is None:
-        label = next((name for name in _LABEL_COLUMNS if name in features), None)
+        label = next((name for name in _LABEL_COLUMNS if name in features and _is_integer_feature(features[name])), None)
     return image, label
+
+
+def _is_integer_feature(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+
+
+def check_dataset_labels(dataset, *, num_labels: int | None, required: bool, what: str = "the data", method: str | None = None) -> None:
+    """Refuse labels a classification loss cannot use, before any work: a label column of text, and class
+    indices outside ``[0, num_labels)`` (the model's classes).
+
+    Args:
+        dataset: a ``datasets.Dataset``.
+        num_labels: the model's number of classes (``model.config.num_labels``); ``None`` skips the range check.
+        required: the labels will be used (a loss, an evaluation); otherwise only a usable label column is checked.
+        what: how to name the data in messages (``"--calibration data/"``).
+        method: the method that reads the labels, for messages.
+
+    Raises:
+        CalibrationDataError: text labels where labels are required, or class indices out of range.
+    """
+    import numpy as np
+
+    features = dataset.features
+    _, label = find_columns(dataset)
+    if label is None:
+        text = next((name for name in _LABEL_COLUMNS if name in features), None)
+        if text is not None and required:
+            examples = ", ".join(repr(v) for v in dataset[:3][text])
+            raise CalibrationDataError(
+                f"{what}: the label column {text!r} holds {features[text].dtype if hasattr(features[text], 'dtype') else 'non-integer'} "
+                f"values ({examples}), not class indices{f' that {method} can use' if method else ''}: encode it, e.g. "
+                f"ds = ds.class_encode_column({text!r}), in the order of the model's config.label2id."
+            )
+        return
+    if num_labels is None or not required:
+        return
+    labels = np.asarray(dataset.with_format("numpy")[label])
+    if labels.size == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_labels:
+        raise CalibrationDataError(
+            f"{what}: the labels in column {label!r} go from {low} to {high}, but the model has {num_labels} classes "
+            f"(0 to {num_labels - 1}): the data's classes are not the model's (check the dataset and the model's config.id2label)."
+        )
 
 
 def random_indices(length: int, num: int | None, seed: int) -> list[int]:
@@ -146,21 +227,59 @@ def resolve_image_processor(model, image_processor=None):
 
 
 def dataset_batches(dataset, indices: list[int], batch_size: int, image_processor, *, image_column: str, label_column: str | None) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of the given rows, images turned into ``pixel_values`` by ``image_processor``."""
+    """Batches of the given rows, images turned into ``pixel_values`` by ``image_processor``.
+
+    Images the processor cannot bring to one size (mixed sizes with ``do_resize=False``) and arrays of mixed
+    shapes raise :class:`CalibrationDataError` naming the sizes."""
     for start in range(0, len(indices), batch_size):
         rows = dataset[indices[start : start + batch_size]]
         images = rows[image_column]
         if images and isinstance(images[0], torch.Tensor):
-            pixel_values = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in images])
+            pixel_values = _stack([torch.as_tensor(x, dtype=torch.float32) for x in images], image_column)
         elif images and isinstance(images[0], (list, np.ndarray)) and image_column == "pixel_values":
-            pixel_values = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+            pixel_values = _stack([torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in images], image_column)
         else:
             images = [img.convert("RGB") if hasattr(img, "convert") else img for img in images]
-            pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+            try:
+                pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+            except (ValueError, RuntimeError) as err:
+                sizes = sorted({f"{img.size[0]}×{img.size[1]}" for img in images if hasattr(img, "size") and isinstance(img.size, tuple)})
+                if len(sizes) > 1:
+                    raise CalibrationDataError(
+                        f"the images have different sizes ({', '.join(sizes[:4])}{'...' if len(sizes) > 4 else ''}) and the image "
+                        f"processor ({type(image_processor).__name__}, do_resize={getattr(image_processor, 'do_resize', '?')}) does "
+                        "not bring them to one size: resize them, or use an image processor with do_resize=True."
+                    ) from None
+                raise CalibrationDataError(f"the image processor could not turn the images into pixel_values: {' '.join(str(err).split())}") from None
         batch = {"pixel_values": pixel_values}
         if label_column is not None:
             batch["labels"] = torch.as_tensor(rows[label_column], dtype=torch.long)
         yield batch
+
+
+def _stack(tensors: list[torch.Tensor], column: str) -> torch.Tensor:
+    shapes = sorted({tuple(t.shape) for t in tensors})
+    if len(shapes) > 1:
+        raise CalibrationDataError(
+            f"the {column!r} arrays have different shapes ({', '.join(map(str, shapes[:4]))}): every image must have the same "
+            "shape (channels, height, width); resize them to one size."
+        )
+    return torch.stack(tensors)
+
+
+def _classifier_num_labels(model) -> int | None:
+    """The number of classes of an image classifier (``None`` for a backbone or an unknown model)."""
+    if model is None or "ForImageClassification" not in type(model).__name__:
+        return None
+    return getattr(getattr(model, "config", None), "num_labels", None)
+
+
+def _check_source_labels(source, *, model, needs_labels: bool, method: str) -> None:
+    """The label checks of :func:`check_dataset_labels` for a ``datasets.Dataset`` given as calibration data."""
+    import datasets
+
+    if isinstance(source, datasets.Dataset) and len(source) > 0:
+        check_dataset_labels(source, num_labels=_classifier_num_labels(model), required=needs_labels, what="calibration_data", method=method)
 
 
 # --------------------------------------------------------------------------------------------- batches
@@ -181,7 +300,13 @@ def _to_batch(item: Any) -> dict[str, torch.Tensor]:
     if not isinstance(batch["pixel_values"], torch.Tensor):
         batch["pixel_values"] = torch.as_tensor(np.asarray(batch["pixel_values"]), dtype=torch.float32)
     if "labels" in batch and batch["labels"] is not None and not isinstance(batch["labels"], torch.Tensor):
-        batch["labels"] = torch.as_tensor(batch["labels"], dtype=torch.long)
+        try:
+            batch["labels"] = torch.as_tensor(batch["labels"], dtype=torch.long)
+        except (TypeError, ValueError):
+            raise CalibrationDataError(
+                f"labels must be class indices (integers), got {batch['labels'][:3]!r}...: map the class names to the "
+                "indices of the model's config.label2id."
+            ) from None
     if "labels" in batch and batch["labels"] is None:
         del batch["labels"]
     return batch
@@ -259,6 +384,7 @@ class CalibrationData:
         if isinstance(source, CalibrationData):
             data = source
         else:
+            _check_source_labels(source, model=model, needs_labels=needs_labels, method=method)
             data = cls._build(source, model=model, image_processor=image_processor, batch_size=batch_size, num_samples=num_samples, seed=seed)
         data._check(needs_labels=needs_labels, method=method, missing_labels_message=missing_labels_message)
         return data

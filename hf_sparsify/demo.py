@@ -2,7 +2,8 @@
 
 Prunes the bundled trained tiny ViT (CIFAR-10) with the bundled calibration sample, evaluates it before and
 after on the bundled evaluation sample (2,000 test images), prints a short table and writes the pruned model to
-``./hf_sparsify_demo/``. Needs no network and no ``../shared``.
+``./hf_sparsify_demo/``. Needs no network and no ``../shared``. The demo replaces its own earlier output there
+without ``overwrite``; files it did not write are never replaced (see :mod:`hf_sparsify.io.output`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from pathlib import Path
 
 from .assets import DEMO_MODEL_DIR, demo_dataset
 
-__all__ = ["run_demo", "DEMO_MARKER", "DEFAULT_METHOD", "demo_methods"]
+__all__ = ["run_demo", "DEFAULT_METHOD", "demo_methods"]
 
-DEMO_MARKER = ".hf_sparsify_demo"
 # The product's default: the most accurate one-shot method we measured (the bundled 1,000 calibration images give
 # its 128 gradients of 8). Each method's demo settings are declared on its config class (``demo_settings``).
 DEFAULT_METHOD = "cap"
@@ -29,17 +29,27 @@ def demo_methods() -> list[str]:
 
 
 def run_demo(method: str | None = None, sparsity: float | None = None, output: Path = Path("hf_sparsify_demo"), overwrite: bool = False, disable_tqdm: bool = False) -> dict:
-    """Run the demo; returns the before/after figures printed in the table."""
+    """Run the demo; returns the before/after figures printed in the table.
+
+    The output folder is checked and locked before any work (see :class:`hf_sparsify.io.output.OutputFolder`).
+    """
+    from .io.output import OutputFolder
+
+    with OutputFolder(output, command="demo", overwrite=overwrite, replace_own_output=True) as folder:
+        return _run(method, sparsity, folder, disable_tqdm)
+
+
+def _run(method: str | None, sparsity: float | None, folder, disable_tqdm: bool) -> dict:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     import hf_sparsify
 
-    from .cli import check_output_dir, write_output
     from .configuration import get_method
     from .evaluation import evaluate_model
 
-    output = Path(output)
-    check_output_dir(output, overwrite, marker=DEMO_MARKER)
+    output = folder.path
+    for note in folder.notes:
+        print(f"note: {note}")
     method = method or DEFAULT_METHOD
     entry = get_method(method)
     settings = dict(entry.config_class.demo_settings)
@@ -67,9 +77,8 @@ def run_demo(method: str | None = None, sparsity: float | None = None, output: P
     def save(directory: Path) -> None:
         processor.save_pretrained(directory)  # first: the model card written by save_pretrained then shows how to load it
         pruned.save_pretrained(directory)
-        (directory / DEMO_MARKER).write_text("written by hf-sparsify demo; the demo may replace this folder\n")
 
-    write_output(output, save)
+    folder.write(save)
 
     rows = [
         ("", "dense", "pruned"),
@@ -84,7 +93,7 @@ def run_demo(method: str | None = None, sparsity: float | None = None, output: P
     for r in rows:
         print(f"  {r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}")
     print()
-    print(f"Pruned in {seconds:.1f} s; accuracy on {before['num_samples']} evaluation images; saved to {output.resolve()}")
+    print(f"Pruned in {seconds:.1f} s; accuracy on {before['num_samples']} evaluation images; saved to {output}")
     others = [m for m in demo_methods() if m != method]
     print(f"Try another method: hf-sparsify demo --method {others[0]}  (any of: {', '.join(others)})")
     return {"method": method, "before": before, "after": after, "sparsity": report.sparsity, "seconds": seconds, "output": str(output)}

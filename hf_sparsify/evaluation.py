@@ -24,10 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import CalibrationDataError, dataset_batches, find_columns, random_indices, resolve_image_processor
+from .data import CalibrationDataError, _classifier_num_labels, check_dataset_labels, dataset_batches, find_columns, random_indices, resolve_image_processor
+from .errors import HfSparsifyError
 from .utils import progress
 
-__all__ = ["Accuracy", "load_metric", "compute_accuracy", "evaluate_model"]
+__all__ = ["Accuracy", "EvaluationError", "load_metric", "compute_accuracy", "evaluate_model"]
+
+
+class EvaluationError(HfSparsifyError, ValueError):
+    """An evaluation cannot run as asked (a batch size or limit below 1, a model that gives no logits)."""
 
 
 class Accuracy(evaluate.Metric):
@@ -79,7 +84,7 @@ def compute_accuracy(eval_pred) -> dict[str, float]:
 def _logits(output) -> torch.Tensor:
     logits = getattr(output, "logits", None)
     if logits is None:
-        raise ValueError("the model returns no logits: evaluation needs an image classifier (a *ForImageClassification model).")
+        raise EvaluationError("the model returns no logits: evaluation needs an image classifier (a *ForImageClassification model).")
     return logits
 
 
@@ -100,14 +105,29 @@ def evaluate_model(
     Args:
         data: a ``datasets.Dataset`` (image + label columns) or an iterable of batch dicts with ``pixel_values``
             and ``labels``.
-        limit: evaluate on ``limit`` rows drawn at random with ``seed`` (datasets are often sorted by class).
+        batch_size: images per forward pass (≥ 1).
+        limit: evaluate on ``limit`` rows (≥ 1) drawn at random with ``seed`` (datasets are often sorted by class).
+        device: where to evaluate; the model is moved there for the evaluation and back afterwards. Default: the
+            model's device.
 
     Returns:
         ``{"accuracy": float, "loss": float, "num_samples": int}``
+
+    Raises:
+        EvaluationError: ``batch_size`` or ``limit`` below 1.
+        CalibrationDataError: no label column, text labels, labels outside the model's classes, images the model
+            cannot run on, or no data.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise EvaluationError(f"batch_size must be a whole number ≥ 1, got {batch_size!r}.")
+    if limit is not None and not (isinstance(limit, int) and limit >= 1):
+        raise EvaluationError(f"limit must be a whole number ≥ 1 (rows drawn at random) or None for every row, got {limit!r}.")
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    move = device != home
     if isinstance(data, datasets.Dataset):
         image_column, label_column = find_columns(data)
+        check_dataset_labels(data, num_labels=_classifier_num_labels(model), required=True, what="the evaluation data")
         if label_column is None:
             raise CalibrationDataError(f"the evaluation dataset has no label column (columns: {data.column_names}).")
         processor = None if image_column == "pixel_values" else resolve_image_processor(model, image_processor)
@@ -121,14 +141,22 @@ def evaluate_model(
         batches, total_batches = data, None
     was_training = model.training
     model.eval()
+    if move:
+        model.to(device)
+    dtype = next(model.parameters()).dtype
     correct, seen, loss_sum = 0, 0, 0.0
     try:
         for batch in progress(batches, desc="evaluating", total=total_batches, disable=disable_tqdm):
             if "labels" not in batch:
                 raise CalibrationDataError("evaluation batches need 'labels'.")
-            pixel_values = batch["pixel_values"].to(device=device, dtype=next(model.parameters()).dtype)
+            pixel_values = batch["pixel_values"].to(device=device, dtype=dtype)
             labels = batch["labels"].to(device)
-            logits = _logits(model(pixel_values=pixel_values)).float()
+            logits = _forward(model, pixel_values).float()
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[-1]):
+                raise CalibrationDataError(
+                    f"evaluation labels go from {int(labels.min())} to {int(labels.max())}, but the model has {logits.shape[-1]} "
+                    f"classes (0 to {logits.shape[-1] - 1}): the data's classes are not the model's."
+                )
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
             seen += labels.numel()
@@ -136,6 +164,26 @@ def evaluate_model(
                 break
     finally:
         model.train(was_training)
+        if move:
+            model.to(home)
     if seen == 0:
         raise CalibrationDataError("the evaluation data is empty.")
     return {"accuracy": correct / seen, "loss": loss_sum / seen, "num_samples": seen}
+
+
+def _forward(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The model's logits; an input the model cannot take (images of the wrong size) is a one-line data error."""
+    try:
+        return _logits(model(pixel_values=pixel_values))
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError) as err:
+        if isinstance(err, HfSparsifyError):
+            raise
+        size = getattr(getattr(model, "config", None), "image_size", None)
+        expected = f" (the model's config says image_size={size})" if size else ""
+        raise CalibrationDataError(
+            f"the model cannot run on the evaluation images: pixel_values of shape {tuple(pixel_values.shape)} "
+            f"({pixel_values.dtype}) gave \"{' '.join(str(err).split())}\". Give images of the size the model "
+            f"expects{expected}: resize them, or use an image processor with do_resize=True."
+        ) from None

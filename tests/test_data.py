@@ -81,3 +81,65 @@ def test_load_image_dataset_from_every_local_layout(tmp_path):
     (tmp_path / "x.csv").write_text("a\n1\n")
     with pytest.raises(CalibrationDataError, match="must be .parquet"):
         load_image_dataset(tmp_path / "x.csv")
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _images(sizes):
+    return [Image.fromarray(np.zeros((s, s, 3), dtype=np.uint8)) for s in sizes]
+
+
+def test_text_labels_are_not_a_label_column_and_are_refused_where_labels_are_needed():
+    from hf_sparsify.data import check_dataset_labels
+
+    ds = datasets.Dataset.from_dict({"image": _images([8] * 3), "label": ["cat", "dog", "cat"]}, features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}))
+    assert find_columns(ds) == ("image", None)  # label-free methods read it without labels
+    check_dataset_labels(ds, num_labels=10, required=False)
+    with pytest.raises(CalibrationDataError, match=r"holds string values \('cat', 'dog', 'cat'\), not class indices that cap can use.*class_encode_column\('label'\)"):
+        check_dataset_labels(ds, num_labels=10, required=True, method="cap")
+    # the same through prune's calibration path (Python API)
+    with pytest.raises(CalibrationDataError, match="not class indices"):
+        CalibrationData.from_source(ds, image_processor=_Processor(), needs_labels=True, method="cap")
+    data = CalibrationData.from_source(ds, image_processor=_Processor(), batch_size=3)
+    assert not data.has_labels and next(iter(data))["pixel_values"].shape == (3, 3, 8, 8)
+
+
+def test_labels_outside_the_models_classes_are_refused():
+    import torch
+    import transformers
+
+    from hf_sparsify.data import check_dataset_labels
+
+    ds = datasets.Dataset.from_dict({"image": _images([8] * 3), "label": [0, 12, 3]})
+    with pytest.raises(CalibrationDataError, match="labels in column 'label' go from 0 to 12, but the model has 10 classes"):
+        check_dataset_labels(ds, num_labels=10, required=True)
+    check_dataset_labels(ds, num_labels=13, required=True)
+    check_dataset_labels(ds, num_labels=10, required=False)  # a method that ignores labels does not care
+    model = transformers.ViTForImageClassification(transformers.ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=8, patch_size=4, num_labels=10))
+    with pytest.raises(CalibrationDataError, match="go from 0 to 12"):
+        CalibrationData.from_source(ds, model=model, image_processor=_Processor(), needs_labels=True)
+    with pytest.raises(CalibrationDataError, match="labels must be class indices"):
+        CalibrationData.from_source([{"pixel_values": torch.zeros(2, 3, 8, 8), "labels": ["cat", "dog"]}])
+
+
+def test_images_of_mixed_sizes_are_one_clear_error():
+    from transformers import ViTImageProcessor
+
+    from hf_sparsify.data import dataset_batches
+
+    ds = datasets.Dataset.from_dict({"image": _images([8, 16, 8]), "label": [0, 1, 2]}, features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    no_resize = ViTImageProcessor(do_resize=False)
+    with pytest.raises(CalibrationDataError, match=r"different sizes \(16×16, 8×8\).*do_resize=False"):
+        list(dataset_batches(ds, [0, 1, 2], 3, no_resize, image_column="image", label_column="label"))
+    resized = next(dataset_batches(ds, [0, 1, 2], 3, ViTImageProcessor(size={"height": 8, "width": 8}), image_column="image", label_column="label"))
+    assert resized["pixel_values"].shape == (3, 3, 8, 8)
+    arrays = datasets.Dataset.from_dict({"pixel_values": [np.zeros((3, s, s), dtype=np.float32) for s in (8, 16)], "label": [0, 1]})
+    with pytest.raises(CalibrationDataError, match=r"'pixel_values' arrays have different shapes \(\(3, 8, 8\), \(3, 16, 16\)\)"):
+        list(dataset_batches(arrays, [0, 1], 2, None, image_column="pixel_values", label_column="label"))
+
+
+def test_an_empty_dataset_is_refused_when_loaded(tmp_path):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a"])})
+    datasets.Dataset.from_dict({"image": [], "label": []}, features=features).to_parquet(str(tmp_path / "train.parquet"))
+    for source in (tmp_path / "train.parquet", tmp_path):
+        with pytest.raises(CalibrationDataError, match="holds no rows"):
+            load_image_dataset(source, split="train")

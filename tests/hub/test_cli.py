@@ -60,6 +60,7 @@ def test_prune_push_server_error_keeps_the_local_output(hub, repo_name, tmp_path
     code = main(["prune", str(DEMO_MODEL_DIR), "--method", "magnitude", "--sparsity", "0.5", "--output", str(out), "--push-to-hub", repo_name, "--compressed", "--disable-tqdm"])
     err = capsys.readouterr().err
     assert code == 2 and "error: upload of" in err and "503" in err and "no local file was changed" in err, err
+    assert f"retry with `hf-sparsify push {out} {repo_name}`" in err
     assert (out / "model.compressed.safetensors").exists() and (out / CARD_NAME).exists()
     assert len(hub.repos[f"tester/{repo_name}"].commits) == 1
 
@@ -87,3 +88,41 @@ def test_card_command_rewrites_the_card_with_metrics(tmp_path, capsys):
     template.write_text("{{ nope }}")
     assert main(["card", str(out), "--template", str(template)]) == 2 and "does not provide" in capsys.readouterr().err
     assert main(["card", str(tmp_path / "missing")]) == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_push_command_uploads_a_saved_folder(hub, repo_name, tmp_path, capsys):
+    """`hf-sparsify push DIR REPO` retries a failed --push-to-hub without pruning again."""
+    out = tmp_path / "pruned"
+    assert main(["prune", str(DEMO_MODEL_DIR), "--method", "magnitude", "--sparsity", "0.5", "--output", str(out), "--disable-tqdm"]) == 0
+    capsys.readouterr()
+    assert main(["push", str(out), repo_name, "--private", "--commit-message", "retry"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    repo_id = f"tester/{repo_name}"
+    assert line["commit_url"].startswith(f"{hub.url}/{repo_id}/commit/") and hub.repos[repo_id].private
+    files = hub.files(repo_id)
+    assert files["model.safetensors"] == (out / "model.safetensors").read_bytes() and ".hf_sparsify_output.json" not in files
+    assert f'from_pretrained("{repo_id}")' in files[CARD_NAME].decode()
+    # the compact format, from the same folder (read, not changed)
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["push", str(out), repo_name, "--compressed"]) == 0
+    assert "model.compressed.safetensors" in hub.files(repo_id) and sorted(p.name for p in out.iterdir()) == before
+    assert main(["push", str(tmp_path / "missing"), repo_name]) == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_prune_push_with_a_refused_token_fails_before_pruning(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_known_token")
+    code = main(["prune", str(DEMO_MODEL_DIR), "--method", "magnitude", "--sparsity", "0.5", "--output", str(tmp_path / "out"), "--push-to-hub", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "token was refused" in err and hub.url in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and "hf-sparsify prune:" not in err  # nothing was loaded or pruned (no plan)
+
+
+def test_prune_push_to_an_unreachable_hub_fails_before_pruning(hub, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    code = main(["prune", str(DEMO_MODEL_DIR), "--method", "magnitude", "--sparsity", "0.5", "--output", str(tmp_path / "out"), "--push-to-hub", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "http://127.0.0.1:9" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and "hf-sparsify prune:" not in err

@@ -27,6 +27,7 @@ def test_prune_with_a_config_file(tmp_path, method, sparsity):
         "--calibration", DEMO_DATA_DIR / "calibration.parquet", "--output", out, "--disable-tqdm",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "calibration: 96 images in batches of 16" in result.stderr  # the plan: 6 gradients of 16 images
     line = json.loads(result.stdout.strip().splitlines()[-1])
     assert line["method"] == method
     saved = json.loads((out / "pruning_config.json").read_text())
@@ -46,3 +47,19 @@ def test_bad_block_size_is_a_one_line_error(tmp_path):
     result = run("prune", DEMO_MODEL_DIR, "--config", config, "--sparsity", "0.5", "--calibration", DEMO_DATA_DIR / "calibration.parquet", "--output", tmp_path / "out", "--disable-tqdm")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: fisher_block_size=100000 is larger than layer vit.layers.0.attention.q_proj")
+
+
+def test_every_setting_as_a_flag(tmp_path, capsys):
+    """The Fisher settings are flags generated from the config: no config file needed (in-process, same entry point)."""
+    from hf_sparsify.cli import main
+
+    out = tmp_path / "pruned"
+    code = main([
+        "prune", str(DEMO_MODEL_DIR), "--method", "woodfisher", "--sparsity", "0.5", "--fisher-block-size", "48", "--num-calibration-samples", "32",
+        "--grad-batch-size", "8", "--sparsity-distribution", "uniform", "--calibration", str(DEMO_DATA_DIR / "calibration.parquet"), "--output", str(out), "--disable-tqdm",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    saved = json.loads((out / "pruning_config.json").read_text())
+    assert (saved["fisher_block_size"], saved["num_calibration_samples"], saved["grad_batch_size"], saved["sparsity_distribution"]) == (48, 32, 8, "uniform")
+    assert "calibration: 32 images in batches of 8" in err

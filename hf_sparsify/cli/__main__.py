@@ -1,0 +1,7 @@
+"""``python -m hf_sparsify.cli``: the ``hf-sparsify`` command."""
+
+import sys
+
+from .parser import main
+
+sys.exit(main())
