@@ -179,32 +179,13 @@ def build_config(args: argparse.Namespace, options: list[MethodOption]) -> Pruni
 
 
 def _check_push_access(repo_id: str) -> None:
-    """Find a missing or refused token, or an unreachable Hub, before pruning.
+    """Find a missing, refused or read-only token, or an unreachable Hub, before pruning."""
+    from ..hub import HubPushError, check_push_access
 
-    TODO(iohub): use ``hf_sparsify.hub.check_push_access(repo_id)`` once it exists; this is its stand-in.
-    """
-    from huggingface_hub import HfApi, constants, get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from ..hub import HubPushError
-
-    token = get_token()
-    if not token:
-        raise HubPushError("--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN (checked before pruning).")
-    api = HfApi()
-    endpoint = api.endpoint or constants.ENDPOINT
     try:
-        info = api.whoami(token=token)
-    except HfHubHTTPError as err:
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        reason = "the token was refused" if status in (401, 403) else f"the Hub answered {status}"
-        raise HubPushError(f"--push-to-hub {repo_id}: {reason} by {endpoint} (checked before pruning); run `hf auth login` with a write token or set HF_TOKEN.") from None
-    except Exception as err:  # noqa: BLE001 - connection refused, DNS, offline mode...
-        text = " ".join(str(err).split())[:300]
-        raise HubPushError(f"--push-to-hub {repo_id}: cannot reach {endpoint} ({type(err).__name__}: {text}); checked before pruning, nothing was pruned.") from None
-    role = ((info or {}).get("auth") or {}).get("accessToken", {}).get("role")
-    if role == "read":
-        raise HubPushError(f"--push-to-hub {repo_id}: the token is read-only; create a write token (checked before pruning).")
+        check_push_access(repo_id)
+    except HubPushError as err:
+        raise HubPushError(f"--push-to-hub {repo_id}: {err} (checked before pruning; nothing was pruned)") from None
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -331,7 +312,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from ..hub.card import CARD_NAME, normalize_metrics, record_card_data, write_model_card
+    from ..hub.card import CARD_NAME, write_model_card
+    from ..io.summary import normalize_metrics, record_card_data
 
     directory = Path(args.directory)
     if args.metrics:

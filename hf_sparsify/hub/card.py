@@ -51,7 +51,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.constants import REPOCARD_NAME
 
 from ..errors import HfSparsifyError
-from ..io.summary import normalize_metadata, normalize_metrics, normalize_speedups, record_card_data  # noqa: F401 - also importable from here
+from ..io.summary import normalize_metadata
 from ..utils import get_logger
 from .chart import CHART_NAME, render_sparsity_chart
 from .context import CardInputs, card_context, inputs_from_folder, inputs_from_model

@@ -7,11 +7,10 @@ from huggingface_hub import hf_hub_download
 
 import hf_sparsify
 from hf_sparsify import MagnitudeConfig, SparseTrainer
-from tests.hub.conftest import hub, local_hub, repo_name  # noqa: F401 - fixtures
 from tests.trainer.toy import ToyImages, tiny_vit, training_args
 
 
-def test_push_to_hub_uploads_a_reloadable_checkpoint_with_a_merged_card(hub, repo_name, tmp_path):  # noqa: F811
+def test_push_to_hub_uploads_a_reloadable_checkpoint_with_a_merged_card(hub, repo_name, tmp_path):
     model = tiny_vit()
     args = training_args(tmp_path / repo_name, max_steps=4, hub_model_id=f"user/{repo_name}", hub_token=hub.token)
     trainer = SparseTrainer(
