@@ -20,7 +20,7 @@ import torch
 
 from ...surgery import lowest_k_masks
 
-__all__ = ["forced_scores", "select_counts", "nm_remove_mask", "num_to_remove"]
+__all__ = ["forced_scores", "kept_threshold", "select_counts", "nm_remove_mask", "num_to_remove"]
 
 
 def num_to_remove(numel: int, sparsity: float, already: int) -> int:
@@ -47,6 +47,21 @@ def select_counts(cumlosses: Sequence[torch.Tensor], num_forced: Sequence[torch.
     scores = [forced_scores(c, f) for c, f in zip(cumlosses, num_forced)]
     masks = lowest_k_masks(scores, num_remove)
     return [mask.logical_not().sum(1) for mask in masks]
+
+
+def kept_threshold(cumlosses: Sequence[torch.Tensor], num_forced: Sequence[torch.Tensor], counts: Sequence[torch.Tensor]) -> float | None:
+    """The global threshold :func:`select_counts` applied: the largest cumulative loss of a kept elimination that
+    removed a weight not already pruned (``None`` when only already-pruned weights are removed). A block's losses
+    never decrease along its path, so its largest kept loss is the one of its last kept step."""
+    best = None
+    for cumloss, forced, count in zip(cumlosses, num_forced, counts):
+        count = count.to(cumloss.device)
+        fresh = count > forced.to(cumloss.device)
+        if bool(fresh.any()):
+            last = cumloss[fresh].gather(1, (count[fresh] - 1)[:, None].long())
+            value = float(last.max().item())
+            best = value if best is None else max(best, value)
+    return best
 
 
 def nm_remove_mask(scores: torch.Tensor, m: int, quota: int, forced: torch.Tensor | None = None) -> torch.Tensor:

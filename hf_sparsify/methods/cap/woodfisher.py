@@ -18,9 +18,10 @@ __all__ = ["woodfisher_saliency", "woodfisher_update"]
 
 @torch.no_grad()
 def woodfisher_saliency(weights: torch.Tensor, hinv: torch.Tensor) -> torch.Tensor:
-    """``w² / (2·diag(H⁻¹))`` per weight, ``(n, B)``, in float32 on the device of ``hinv``."""
+    """``w² / (2·diag(H⁻¹))`` per weight, ``(n, B)``, in the dtype of ``hinv`` (float64 stays float64, so that the
+    global ranking separates saliencies closer than float32 can) on its device."""
     w = weights.to(device=hinv.device, dtype=hinv.dtype)
-    return (w * w / (2 * hinv.diagonal(dim1=1, dim2=2))).float()
+    return w * w / (2 * hinv.diagonal(dim1=1, dim2=2))
 
 
 @torch.no_grad()
