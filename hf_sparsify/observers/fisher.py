@@ -24,6 +24,7 @@ in ``float64`` by default (or ``float32``) whatever the model's dtype. The loss 
 
 ```python
 >>> from hf_sparsify.data import CalibrationData
+>>> from hf_sparsify.observers.fisher import BlockLayout, FisherTarget, collect_fisher
 >>> layer = model.vit.layers[0].mlp.fc1
 >>> layout = BlockLayout.for_weight(layer.weight, block_size=48, name="fc1")
 >>> batches = CalibrationData.from_source(calibration, model=model, image_processor=processor, batch_size=8, num_samples=64)

@@ -7,8 +7,12 @@ takes a prefix of every block's path: block ``b`` keeps its first ``k_b`` elimin
 The already-pruned weights score ``−∞`` (they stay pruned).
 
 ```python
->>> counts = select_counts([cumloss_a, cumloss_b], [forced_a, forced_b], num_remove=1000)
->>> [c.sum() for c in counts]           # per layer; they add up to 1000
+>>> from hf_sparsify.methods.cap.selection import select_counts
+>>> cumloss_a = torch.tensor([[0.0, 1.0, 3.0], [0.5, 0.7, 2.0]])     # layer a: 2 blocks of 3 steps
+>>> cumloss_b = torch.tensor([[0.2, 0.4, 5.0]])                      # layer b: 1 block, already one zero
+>>> counts = select_counts([cumloss_a, cumloss_b], [torch.tensor([0, 0]), torch.tensor([1])], num_remove=5)
+>>> [c.tolist() for c in counts]       # eliminations kept per block: 5 in all
+[[1, 2], [2]]
 ```
 """
 

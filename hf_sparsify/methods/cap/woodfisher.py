@@ -4,8 +4,17 @@ with the sum of the single-weight OBS updates (which ignores the interactions in
 ``ρ_j = w_j² / (2 [H⁻¹]_jj)`` and ``δw = −Σ_{q∈Q} (w_q / [H⁻¹]_qq) · H⁻¹[:, q]``.
 
 ```python
->>> scores = woodfisher_saliency(w_blocks, hinv)            # (n, B)
->>> new_w = woodfisher_update(w_blocks, hinv, remove=scores < threshold)
+>>> from hf_sparsify.methods.cap.inverse import block_fisher_inverse
+>>> from hf_sparsify.methods.cap.woodfisher import woodfisher_saliency, woodfisher_update
+>>> from hf_sparsify.surgery import lowest_k_masks
+>>> grads = torch.randn(10, 32, 8, dtype=torch.float64)       # 10 blocks of B = 8 weights, 32 gradients
+>>> hinv, _ = block_fisher_inverse(grads.transpose(1, 2) @ grads, num_grads=32, damp=1e-8)
+>>> w_blocks = torch.randn(10, 8, dtype=torch.float64)
+>>> scores = woodfisher_saliency(w_blocks, hinv)            # (n, B), float64 like hinv
+>>> keep = lowest_k_masks([scores], 40)[0]
+>>> new_w = woodfisher_update(w_blocks, hinv, remove=~keep)
+>>> int((new_w == 0).sum())
+40
 ```
 """
 
