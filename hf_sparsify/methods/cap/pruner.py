@@ -188,8 +188,9 @@ class _GradientFisherPruner(Pruner):
     def _groups(self, targets: list[FisherTarget]) -> list[list[FisherTarget]]:
         return [targets]
 
-    def _passes_per_group(self) -> int:
-        return 1
+    def _passes_per_step(self, num_groups: int) -> int:
+        """Gradient passes over a step's batches: one per group of layers (layer streaming)."""
+        return num_groups
 
     def plan(self, model, adapter, *, device=None) -> list[str]:
         """What the run will do, before any gradient: the gradients and images per step, the passes over the data,
@@ -206,15 +207,20 @@ class _GradientFisherPruner(Pruner):
         groups = self._groups(targets)
         steps = config.num_recomputations
         m, batch = config.gradients, config.effective_batch_size
-        passes = steps * len(groups) * self._passes_per_group()
+        passes = steps * self._passes_per_step(len(groups))
         how = "N:M " + config.mask_structure if config.nm else getattr(config, "sparsity_distribution", "uniform")
         lines = [
             f"{config.method}: {len(targets)} layers, {numel:,} weights, sparsity {config.sparsity:g} ({how})",
-            f"gradients: {m:,} × {batch} images = {m * batch:,} images per step, {steps} step{'s' * (steps > 1)}; "
-            f"{passes} pass{'es' * (passes > 1)} over them ({passes * m:,} forward/backward passes)",
+            f"gradients: {m:,} × {batch} images = {m * batch:,} images per step × {steps} step{'s' * (steps > 1)}; "
+            f"{passes} gradient pass{'es' * (passes > 1)}, {passes * m:,} forward/backward passes",
         ]
         lines.append(self._memory_line(targets, groups, self._fisher_device(device)))
         return lines
+
+    def _announce(self, model, adapter, device) -> None:
+        """Log the plan (info level) at the start of a run; its memory check raises before any work."""
+        for line in self.plan(model, adapter, device=device):
+            logger.info(f"hf_sparsify: {line}")
 
     def _memory_line(self, targets, groups, fisher_device: torch.device) -> str:
         dtype = str(self._fisher_dtype()).replace("torch.", "")
@@ -315,10 +321,11 @@ class _BlockFisherPruner(_GradientFisherPruner):
     def _fisher_device(self, device) -> torch.device:
         return torch.device(self.config.fisher_device) if self.config.fisher_device else torch.device(device)
 
-    def _passes_per_group(self) -> int:
+    def _passes_per_step(self, num_groups: int) -> int:
+        # layer streaming with one global threshold: a second pass per group rebuilds the weights
         config: BlockFisherConfig = self.config
         global_selection = config.sparsity_distribution == "global" and config.nm is None
-        return 2 if global_selection and config.max_fisher_memory_gb is not None else 1
+        return num_groups * (2 if global_selection and num_groups > 1 else 1)
 
     def _chunk(self, block_size: int, device: torch.device, itemsize: int) -> int:
         config: BlockFisherConfig = self.config
@@ -344,8 +351,8 @@ class _BlockFisherPruner(_GradientFisherPruner):
         largest = max(targets, key=self._fisher_bytes)
         if budget_gb > 0 and self._fisher_bytes(largest) <= budget_gb * (1 << 30):
             count = len(_layer_groups(targets, self._fisher_bytes, budget_gb * (1 << 30)))
-            passes = count * (2 if config.sparsity_distribution == "global" and config.nm is None else 1)
-            fix = f"max_fisher_memory_gb={budget_gb:g} (layer streaming: {count} groups of layers, {passes} gradient passes instead of 1)"
+            passes = self._passes_per_step(count)
+            fix = f"max_fisher_memory_gb={budget_gb:g} (layer streaming: {count} groups of layers, {passes} gradient passes per step instead of 1)"
         else:
             fix = f"a smaller fisher_block_size (the largest layer, {largest.name}, alone needs {format_bytes(self._fisher_bytes(largest))})"
         if fisher_device.type != "cpu":
@@ -377,11 +384,10 @@ class _BlockFisherPruner(_GradientFisherPruner):
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
         config: BlockFisherConfig = self.config
         self._check_inputs(calibration)
+        self._announce(model, adapter, device)  # raises before any gradient when the Fisher does not fit
         targets = self._targets(adapter.select_layers(config.targets, config.ignore))
         fisher_device = self._fisher_device(device)
         groups = self._groups(targets)
-        # before any gradient or allocation: the largest group's Fisher must fit on its device
-        self._check_fits(max(sum(self._fisher_bytes(t) for t in g) for g in groups), available_memory(fisher_device), fisher_device, targets)
         result = PruningResult(method=config.method)
         result.info["fisher_groups"] = len(groups)
         inverse_info: dict[str, InverseInfo] = {}
@@ -545,6 +551,7 @@ class FastCAPPruner(_GradientFisherPruner):
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
         config: FastCAPConfig = self.config
         self._check_inputs(calibration)
+        self._announce(model, adapter, device)
         targets = self._targets(adapter.select_layers(config.targets, config.ignore))
         result = PruningResult(method=config.method)
         for step in range(config.num_recomputations):

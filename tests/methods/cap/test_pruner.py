@@ -336,11 +336,11 @@ def test_plan_says_what_the_run_will_do():
     cap = get_method("cap").pruner_class(CAPConfig(sparsity=0.7, fisher_block_size=16, num_grads=1024, grad_batch_size=32))
     lines = cap.plan(model, adapter)
     assert lines[0].startswith("cap: 12 layers, 16,384 weights")
-    assert "1,024 × 32 images = 32,768 images per step, 1 step; 1 pass over them" in lines[1]
+    assert lines[1] == "gradients: 1,024 × 32 images = 32,768 images per step × 1 step; 1 gradient pass, 1,024 forward/backward passes"
     assert lines[2].startswith("Fisher blocks: 2.0 MiB (float64) on cpu")  # 16,384 weights × 16 × 8 bytes
     streamed = get_method("cap").pruner_class(CAPConfig(fisher_block_size=16, num_grads=8, max_fisher_memory_gb=0.0006, num_recomputations=2))
     lines = streamed.plan(model, adapter)
-    assert "2 steps" in lines[1] and "in 4 groups of ≤" in lines[2] and "16 passes over them (128 forward/backward passes)" in lines[1]
+    assert "× 2 steps; 16 gradient passes, 128 forward/backward passes" in lines[1] and "in 4 groups of ≤" in lines[2]
     fastcap = get_method("fastcap").pruner_class(FastCAPConfig(fisher_block_size=16, num_grads=8))
     assert "shared Fisher (one B×B per layer): 24.0 KiB (float64)" in fastcap.plan(model, adapter)[2]
 
