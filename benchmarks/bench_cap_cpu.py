@@ -61,8 +61,9 @@ def main() -> None:
     load = os.getloadavg()
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     pruned_by_variant = {}
-    for _ in range(args.rounds):
-        for variant in variants:
+    for round_index in range(args.rounds):
+        # the order alternates between rounds, so that a load that drifts during the run hits every variant alike
+        for variant in variants if round_index % 2 == 0 else variants[::-1]:
             config = base.replace(fisher_dtype=variant)
             start = time.perf_counter()
             pruned = hf_sparsify.prune(model, config, data, image_processor=processor, disable_tqdm=True)

@@ -3,12 +3,15 @@ and the math modules together.
 
 One pruning step (repeated ``num_recomputations`` times with interpolated sparsity):
 
-1. masked mini-batch gradients → Fisher sums (:func:`hf_sparsify.observers.fisher.collect_fisher`), per group of
-   layers whose Fisher fits in ``max_fisher_memory_gb`` (all layers at once by default);
+0. before any work: the plan (gradients × images, passes, Fisher memory), and a clear error when the Fisher does
+   not fit in the memory of its device;
+1. masked mini-batch gradients of the step's own window of calibration batches → Fisher sums
+   (:func:`hf_sparsify.observers.fisher.collect_fisher`, on the gradient engine), per group of layers whose
+   Fisher fits in ``max_fisher_memory_gb`` (all layers at once by default);
 2. per layer: batched Cholesky inverse (:mod:`.inverse`), then CAP's greedy elimination (:mod:`.elimination`)
    or WoodFisher's saliencies (:mod:`.woodfisher`);
 3. selection (:mod:`.selection`): one global threshold, or per layer, or N:M groups;
-4. weights rebuilt (CAP's replay, WoodFisher's summed update) and written back.
+4. weights rebuilt in float64 (CAP's replay, WoodFisher's summed update) and written back in the model's dtype.
 """
 
 from __future__ import annotations
