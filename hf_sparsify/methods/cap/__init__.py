@@ -4,7 +4,8 @@ second-order information from a block-diagonal empirical Fisher.
 The folder is a map of the algorithm:
 
 * ``config.py``: ``CAPConfig`` ("cap"), ``WoodFisherConfig`` ("woodfisher"), ``FastCAPConfig`` ("fastcap");
-* ``../../observers/fisher.py``: masked mini-batch gradients folded into Fisher blocks (data-parallel);
+* ``../../observers/fisher.py``: masked mini-batch gradients folded into Fisher blocks, an observer of the gradient
+  engine ``../../observers/gradients.py`` (losses, dtypes, data-parallel sharding and all-reduce);
 * ``inverse.py``: batched Cholesky inverses with a damped fallback;
 * ``elimination.py``: CAP's exact greedy OBS elimination inside every block, and its replay;
 * ``selection.py``: one global threshold on cumulative block loss, per-layer counts, N:M groups;
