@@ -399,6 +399,50 @@ class CalibrationData:
         return data
 
     @classmethod
+    def from_rows(
+        cls,
+        dataset,
+        collate_fn: Callable[[list[Any]], dict[str, Any]],
+        *,
+        batch_size: int,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_channels: int | None = None,
+    ) -> "CalibrationData":
+        """Batches of a map-style dataset (``len(dataset)``, ``dataset[i]``) put together by ``collate_fn`` (a
+        Trainer's data collator), drawn as a ``datasets.Dataset``'s are: pass ``p`` takes ``num_samples`` rows of the
+        permutation seeded with ``seed + p``, the same on every process and on every reading of the same window, and
+        a window builds only its own batches.
+
+        ```python
+        >>> rows = [{"pixel_values": torch.zeros(3, 4, 4), "labels": i % 3} for i in range(10)]
+        >>> collate = lambda items: {"pixel_values": torch.stack([r["pixel_values"] for r in items]), "labels": torch.tensor([r["labels"] for r in items])}
+        >>> data = CalibrationData.from_rows(rows, collate, batch_size=4, num_samples=6)
+        >>> [b["pixel_values"].shape[0] for b in data], data.has_labels
+        ([4, 2], True)
+        ```
+        """
+        length = len(dataset)
+        if length == 0:
+            raise CalibrationDataError("the calibration data is empty (0 rows).")
+        n = min(num_samples, length) if num_samples else length
+
+        def lazy_factory(pass_index: int):
+            idx = random_indices(length, n, seed + pass_index)
+            for position, start in enumerate(range(0, len(idx), batch_size)):
+                rows = idx[start : start + batch_size]
+                yield position, lambda rows=rows: _to_batch(collate_fn([dataset[i] for i in rows]))
+
+        def factory(pass_index: int):
+            return (build() for _, build in lazy_factory(pass_index))
+
+        first = _to_batch(collate_fn([dataset[random_indices(length, 1, seed)[0]]]))
+        return cls(
+            factory, num_samples=n, has_labels="labels" in first, num_channels=num_channels, source_length=length,
+            batch_size=batch_size, lazy_factory=lazy_factory, batches_per_pass=-(-n // batch_size),
+        )  # fmt: skip
+
+    @classmethod
     def _build(cls, source, *, model, image_processor, batch_size, num_samples, seed) -> "CalibrationData":
         import datasets
 

@@ -250,7 +250,7 @@ def planning_method():
     class PlanPruner(Pruner):
         config_class = PlanConfig
 
-        def plan(self, model, adapter):
+        def plan(self, model, adapter, *, device=None):
             return [f"will do nothing to {len(adapter.prunable_layers())} layers with widths {self.config.widths}"]
 
         def prune(self, model, adapter, calibration, *, device, disable_tqdm=False):

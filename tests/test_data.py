@@ -201,3 +201,21 @@ def test_windows_of_lists_dataloaders_and_generators():
     assert [int(b["labels"][0]) for b in generator.window(2, 3)] == [2]
     with pytest.raises(CalibrationDataError, match="one-shot"):
         list(generator.window(0, 1))
+
+
+def test_rows_through_a_collator_are_drawn_like_a_dataset_and_read_the_same_twice():
+    import torch
+
+    rows = [{"pixel_values": torch.full((3, 4, 4), float(i)), "labels": i % 3} for i in range(50)]
+
+    def collate(items):
+        return {"pixel_values": torch.stack([r["pixel_values"] for r in items]), "labels": torch.tensor([r["labels"] for r in items])}
+
+    data = CalibrationData.from_rows(rows, collate, batch_size=5, num_samples=20, seed=7)
+    ids = lambda batches: [b["pixel_values"][:, 0, 0, 0].int().tolist() for b in batches]  # noqa: E731
+    first = ids(data.window(0, 4))
+    assert first == ids(data.window(0, 4)) == ids(iter(data))  # the same window twice: the same batches (layer streaming)
+    assert sorted(sum(first, [])) != list(range(20))  # drawn at random, not the first rows
+    later = ids(data.window(4, 8))  # the next pass: other rows, drawn with the next seed
+    assert later != first and len(set(sum(later, []))) == 20
+    assert data.has_labels

@@ -221,7 +221,7 @@ def _print_plan(args, config, model, calibration, device) -> None:
         if images > rows:
             line += f"; {-(-images // rows)} passes, each drawn with a new seed"
         _note(line + ")")
-    for line in entry.pruner_class(config).plan(model, adapter):
+    for line in entry.pruner_class(config).plan(model, adapter, device=device):
         _note(f"  {line}")
 
 

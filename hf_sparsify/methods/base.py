@@ -81,8 +81,9 @@ class Pruner:
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
 
-    def plan(self, model: nn.Module, adapter: ModelAdapter) -> list[str]:
-        """What the run will do, in a few lines shown before it starts (passes over the data, memory...)."""
+    def plan(self, model: nn.Module, adapter: ModelAdapter, *, device: torch.device | str | None = None) -> list[str]:
+        """What the run will do on ``device`` (default: the model's), in a few lines shown before it starts (passes
+        over the data, memory...). It may raise when the run cannot fit, before any work is done."""
         return []
 
     def prune(

@@ -211,7 +211,7 @@ class StructuredPruner(Pruner):
             adapter, self.kinds(), self.config.targets, self.config.ignore, method=self.title, require_every_kind=self.require_every_kind
         )
 
-    def plan(self, model: nn.Module, adapter: ModelAdapter) -> list[str]:
+    def plan(self, model: nn.Module, adapter: ModelAdapter, *, device: torch.device | str | None = None) -> list[str]:
         groups = self.select(adapter)
         allocation = self.allocation()
         units = sum(g.num_units for g in groups)

@@ -19,40 +19,15 @@ need labels too (``config.needs_labels()``): nothing here knows a method by name
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import torch
 from transformers.trainer_utils import has_length
 
 from ..configuration import PruningConfig
-from ..data import CalibrationDataError, random_indices
-from ..utils import progress
+from ..data import CalibrationData, CalibrationDataError
 
-__all__ = ["CalibrationBatches", "PruningCalibration", "check_calibration_dataset"]
-
-
-class CalibrationBatches:
-    """The calibration batches of one pruning step, with a progress bar.
-
-    Every pass (every ``iter()``) draws a fresh random subset of ``num_samples`` rows (all rows, shuffled, when
-    ``None``), seeded by ``seed`` and the pass number, so that every process sees the same batches and a method that
-    makes several passes (CAP's gradient recomputations) sees new samples.
-    """
-
-    def __init__(self, dataset, *, num_samples: int | None, batch_size: int, collate_fn: Callable, num_workers: int = 0, seed: int = 0, desc: str = "calibration", disable_tqdm: bool = False):
-        self.dataset, self.num_samples, self.batch_size = dataset, num_samples, batch_size
-        self.collate_fn, self.num_workers, self.seed = collate_fn, num_workers, seed
-        self.desc, self.disable_tqdm = desc, disable_tqdm
-        self._passes = 0
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        indices = random_indices(len(self.dataset), self.num_samples, self.seed + 7919 * self._passes)
-        self._passes += 1
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size, shuffle=False,
-            collate_fn=self.collate_fn, num_workers=self.num_workers,
-        )
-        yield from progress(loader, desc=self.desc, total=len(loader), disable=self.disable_tqdm, unit="batch")
+__all__ = ["PruningCalibration", "check_calibration_dataset"]
 
 
 def check_calibration_dataset(dataset, method: str, source: str = "train_dataset") -> None:
@@ -76,13 +51,11 @@ class PruningCalibration:
         collate_fn: the Trainer's data collator (with unused columns removed).
         source: the argument the data came from (``"train_dataset"`` or ``"calibration_dataset"``), for messages.
         seed: the run's seed; step ``i`` draws its rows with ``seed + 10007 · (i + 1)``.
-        num_workers: DataLoader workers.
-        disable_tqdm: hide the progress bars.
     """
 
-    def __init__(self, dataset, collate_fn: Callable, *, source: str = "train_dataset", seed: int = 0, num_workers: int = 0, disable_tqdm: bool = False):
+    def __init__(self, dataset, collate_fn: Callable, *, source: str = "train_dataset", seed: int = 0):
         self.dataset, self.collate_fn, self.source = dataset, collate_fn, source
-        self.seed, self.num_workers, self.disable_tqdm = seed, num_workers, disable_tqdm
+        self.seed = seed
 
     def check_labels(self, config: PruningConfig) -> None:
         """When the method needs labels (``config.needs_labels()``), refuse batches without them, before training."""
@@ -96,16 +69,15 @@ class PruningCalibration:
                 "calibration_dataset=, or use a method that needs no labels (e.g. magnitude)."
             )
 
-    def batches(self, index: int, config: PruningConfig, desc: str = "calibration") -> CalibrationBatches:
+    def batches(self, index: int, config: PruningConfig, desc: str = "calibration") -> CalibrationData:
         """Fresh batches for pruning step ``index``: ``config.calibration_images()`` random rows (all rows, in a
-        random order, when ``None``) in batches of ``config.effective_batch_size``, the same on every process."""
-        return CalibrationBatches(
+        random order, when ``None``) in batches of ``config.effective_batch_size``, the same on every process and on
+        every reading (a method that reads the same window twice, as CAP's layer streaming does, gets the same
+        batches; further passes, as CAP's recomputations, draw new rows)."""
+        return CalibrationData.from_rows(
             self.dataset,
-            num_samples=config.calibration_images(),
+            self.collate_fn,
             batch_size=config.effective_batch_size,
-            collate_fn=self.collate_fn,
-            num_workers=self.num_workers,
+            num_samples=config.calibration_images(),
             seed=self.seed + 10_007 * (index + 1),
-            desc=desc,
-            disable_tqdm=self.disable_tqdm,
         )

@@ -229,7 +229,6 @@ class SparseTrainer(Trainer):
             self._calibration = PruningCalibration(
                 dataset, collate_fn, source=source,
                 seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-                num_workers=self.args.dataloader_num_workers, disable_tqdm=self._disable_bars(),
             )
         return self._calibration
 

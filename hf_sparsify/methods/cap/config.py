@@ -40,7 +40,7 @@ WOODFISHER_CITATION = Citation(
 FASTCAP_CITATION = Citation("FastCAP (CAP's variant for large models)", CAP_CITATION.bibtex)
 # Small enough for the bundled 1,000 calibration images and about a minute on 2 CPU cores.
 _DEMO = {"sparsity": 0.5, "fisher_block_size": 48, "num_grads": 128, "grad_batch_size": 8}
-_QUICK = {"sparsity": 0.5, "fisher_block_size": 16, "num_grads": 2, "grad_batch_size": 2}
+_QUICK = {"sparsity": 0.5, "fisher_block_size": 16, "num_grads": 2}
 
 
 @dataclass(kw_only=True)
