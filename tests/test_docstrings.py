@@ -27,7 +27,8 @@ _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 def _modules():
     yield hf_sparsify
     for info in pkgutil.walk_packages(hf_sparsify.__path__, "hf_sparsify."):
-        yield importlib.import_module(info.name)
+        if info.name.rpartition(".")[2] != "__main__":  # importing ``python -m`` entry points would run them
+            yield importlib.import_module(info.name)
 
 
 def _documented(module):
