@@ -34,7 +34,7 @@ from .inputs import describe_device, dtype_name, library_versions, load_model, m
 from .runtimes import check_runtime, prepare_model
 from .timing import TimingRule, paired_ratio, time_interleaved
 
-__all__ = ["BaselineMismatchError", "BenchmarkResult", "benchmark", "check_baseline", "model_macs"]
+__all__ = ["BaselineMismatchError", "BenchmarkResult", "benchmark", "card_entry_from_dict", "check_baseline", "model_macs"]
 
 
 class BaselineMismatchError(HfSparsifyError, ValueError):
@@ -136,27 +136,38 @@ class BenchmarkResult:
         return json.dumps(self.to_dict())
 
     def card_entry(self) -> dict[str, Any]:
-        """The model card's speed row (``pruning_speedups`` entry) of a run with a baseline."""
-        if self.baseline is None:
-            raise BaselineMismatchError("a model card's speed row needs a benchmark against the dense baseline (baseline=...).")
-        device = self.device.get("name", self.device.get("type"))
-        if self.device.get("type") == "cpu":
-            device = f"CPU ({device}, {self.device.get('threads')} threads)"
-        notes = (
-            f"hf-sparsify benchmark: median of {self.timing['repeats']} interleaved runs, {self.image_size} px, "
-            f"MACs ratio {self.macs_ratio:.2f}× ({self.speedup_vs_macs:.0%} of it measured), paired ratio {self.speedup_paired:.2f}×, "
-            f"torch {self.versions.get('torch')}, {self.date[:10]}"
-        )
-        return {
-            "device": device,
-            "dtype": self.dtype,
-            "batch_size": self.batch_size,
-            "runtime": self.runtime,
-            "dense_ms": self.baseline["median_ms"],
-            "pruned_ms": self.timing["median_ms"],
-            "speedup": round(self.speedup, 4),
-            "notes": notes,
-        }
+        """The model card's speed row (a ``pruning_speedups`` entry) of a run with a baseline."""
+        return card_entry_from_dict(self.to_dict())
+
+
+def card_entry_from_dict(data: dict[str, Any], what: str = "the benchmark result") -> dict[str, Any]:
+    """The model card's speed row from a benchmark's JSON (:meth:`BenchmarkResult.to_dict`): device, runtime,
+    dtype, batch, both medians, the speed-up, and notes with the MACs ratio and how the figure was taken.
+
+    Raises:
+        BaselineMismatchError: the run had no baseline (a card's speed figure is a measured ratio, never MACs).
+    """
+    if not isinstance(data, dict) or not data.get("baseline") or data.get("speedup") is None:
+        raise BaselineMismatchError(f"{what} has no baseline: a model card's speed row is a measured ratio against the dense model (benchmark with --baseline).")
+    device = data.get("device") or {}
+    name = device.get("name", device.get("type", "unknown"))
+    if device.get("type") == "cpu":
+        name = f"CPU ({name}, {device.get('threads')} threads)"
+    notes = (
+        f"hf-sparsify benchmark: median of {data.get('repeats')} interleaved runs at {data.get('image_size')} px; MACs ratio "
+        f"{data.get('macs_ratio', float('nan')):.2f}× ({data.get('speedup_vs_macs', float('nan')):.0%} of it measured); paired ratio "
+        f"{data.get('speedup_paired', float('nan')):.2f}×; torch {(data.get('versions') or {}).get('torch')}; {str(data.get('date', ''))[:10]}"
+    )
+    return {
+        "device": name,
+        "dtype": data.get("dtype"),
+        "batch_size": data.get("batch_size"),
+        "runtime": data.get("runtime"),
+        "dense_ms": data["baseline"]["median_ms"],
+        "pruned_ms": data["median_ms"],
+        "speedup": round(float(data["speedup"]), 4),
+        "notes": notes,
+    }
 
 
 def _name(source) -> str:
