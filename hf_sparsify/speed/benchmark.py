@@ -32,6 +32,7 @@ from ..errors import HfSparsifyError
 from ..structured.costs import attention_query_modules, count_macs, count_params
 from .inputs import describe_device, dtype_name, library_versions, load_model, model_image_size, resolve_device, resolve_dtype
 from .runtimes import check_runtime, prepare_model
+from .semi_structured import semi_structured_layers
 from .timing import TimingRule, paired_ratio, time_interleaved
 
 __all__ = ["BaselineMismatchError", "BenchmarkResult", "benchmark", "card_entry_from_dict", "check_baseline", "model_macs"]
@@ -209,7 +210,11 @@ def benchmark(
 
     prepared = {"model": prepare_model(subject, runtime, device=device, dtype=dtype, batch_size=batch_size, image_size=size, seed=seed)}
     if reference is not None:
-        prepared["baseline"] = prepare_model(reference, runtime, device=device, dtype=dtype, batch_size=batch_size, image_size=size, seed=seed)
+        baseline_runtime = runtime
+        if runtime == "semi-structured" and not semi_structured_layers(reference):
+            baseline_runtime = "eager"  # the dense baseline has nothing to convert: it runs the dense kernels
+            prepared["model"].notes.append("the baseline has no 2:4 layers and runs eager (dense kernels)")
+        prepared["baseline"] = prepare_model(reference, baseline_runtime, device=device, dtype=dtype, batch_size=batch_size, image_size=size, seed=seed)
     try:
         load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         timings = time_interleaved({k: p.run for k, p in prepared.items()}, rule, devices={device})

@@ -9,7 +9,7 @@ The rule (:class:`TimingRule`):
    that a change of machine load (these machines are shared) hits every callable alike. CUDA work is synchronised
    before and after each call.
 3. **Stop** when every callable has at least ``min_repeats`` (default 10) timings and the distribution-free 95%
-   confidence interval of its median (order statistics ``n/2 ± 0.98·√n``) is within ``± precision`` (default 2%)
+   confidence interval of its median (order statistics at the binomial ranks, about ``n/2 ± √n``) is within ``± precision`` (default 2%)
    of the median; or at ``max_repeats`` (default 200) rounds or ``max_seconds`` (default 120 s) of timing,
    whichever comes first (``stable`` then says whether the median had settled).
 
@@ -71,17 +71,34 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def median_confidence_interval(samples: list[float], z: float = 1.96) -> tuple[float, float]:
-    """The distribution-free confidence interval of the median: the order statistics at ``n/2 ∓ z·√n/2``
-    (the binomial rank interval; ``z = 1.96``: about 95%)."""
+def _median_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
+    """0-based ranks ``(j, n−1−j)`` of the order statistics bounding the median with at least ``confidence``: the
+    largest ``j`` with ``1 − 2·P(B ≤ j) ≥ confidence`` for ``B ~ Binomial(n, ½)`` (exact up to n = 2,000, the
+    normal approximation above); ``j = 0`` (the sample's range) when even that is not enough."""
+    if n <= 2000:
+        total = 2**n
+        tail = 0  # 2^n · P(B ≤ i)
+        j = 0
+        for i in range((n - 1) // 2 + 1):
+            tail += math.comb(n, i)
+            # [x_(i), x_(n-1-i)] (0-based) misses the median with probability 2·P(B ≤ i)
+            if 2 * tail > (1 - confidence) * total:
+                break
+            j = i
+        return j, n - 1 - j
+    half = 1.959963984540054 * math.sqrt(n) / 2
+    j = max(0, math.floor(n / 2 - half))
+    return j, n - 1 - j
+
+
+def median_confidence_interval(samples: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The distribution-free confidence interval of the median: the order statistics at the binomial ranks
+    (:func:`_median_ranks`), covering the median with at least ``confidence`` whatever the distribution."""
     values = sorted(samples)
-    n = len(values)
-    if n == 0:
+    if not values:
         return float("nan"), float("nan")
-    half_width = z * math.sqrt(n) / 2
-    low = max(0, math.floor(n / 2 - half_width))
-    high = min(n - 1, math.ceil(n / 2 + half_width) - 1)
-    return values[low], values[max(low, high)]
+    low, high = _median_ranks(len(values), confidence)
+    return values[low], values[high]
 
 
 @dataclass
