@@ -9,6 +9,7 @@ within ±2%, or after --max-seconds); each pruned model's figure is its ratio to
 runtime. The goal (issue 14): measured speed-up ≥ 85% of the MACs ratio.
 
     python benchmarks/bench_speed_cpu.py [--runtimes eager,compile,onnxruntime] [--batch 8] [--threads 2] [--max-seconds 300]
+                                         [--models-dir DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import hf_sparsify
 from hf_sparsify.speed import TimingRule, check_runtime, prepare_model, time_interleaved
 from hf_sparsify.speed.inputs import describe_device, library_versions
 from hf_sparsify.speed.timing import paired_ratio
-from hf_sparsify.structured import MacsCost, count_params
+from hf_sparsify.adapters import get_adapter
+from hf_sparsify.structured import MacsCost, count_params, select_groups
 
 
 def deit_small(seed: int = 0) -> torch.nn.Module:
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--min-repeats", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--models-dir", help="save the pruned models here, and reuse them on later runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -62,8 +65,14 @@ def main() -> None:
     batches = calibration_batches(args.calibration_images)
     for target in [float(t) for t in args.targets.split(",")]:
         start = time.perf_counter()
-        pruned = hf_sparsify.prune(dense, hf_sparsify.VBPConfig(target_macs_reduction=target), batches, disable_tqdm=True)
         name = f"vbp-{round(target * 100)}"
+        saved = os.path.join(args.models_dir, name) if args.models_dir else None
+        if saved and os.path.isdir(saved):  # pruned by an earlier run of this script (same seed and settings)
+            pruned = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(saved).eval()
+        else:
+            pruned = hf_sparsify.prune(dense, hf_sparsify.VBPConfig(target_macs_reduction=target), batches, disable_tqdm=True)
+            if saved:
+                pruned.save_pretrained(saved, card=False)
         models[name] = pruned
         macs = MacsCost().total(pruned)
         facts[name] = {
@@ -72,7 +81,7 @@ def main() -> None:
             "macs_reduction": round(1 - macs / macs_dense, 4),
             "macs_ratio": round(macs_dense / macs, 4),
             "params": count_params(pruned),
-            "mlp_widths": [layer["width"] for layer in pruned.pruning_result.layers.values()],
+            "mlp_widths": [g.num_units for g in select_groups(get_adapter(pruned), ["mlp"])],
             "prune_seconds": round(time.perf_counter() - start, 1),
         }
         print(json.dumps({name: facts[name]}), flush=True)

@@ -93,9 +93,12 @@ def test_head_counts_are_brought_in_line_with_the_projections_and_inconsistent_s
         export_onnx(pruned, tmp_path / "bad.onnx")
 
 
-@pytest.mark.parametrize("mask_structure, pattern", [("unstructured", "unstructured sparsity"), ("2:4", "2:4 semi-structured sparsity")])
-def test_sparse_models_export_with_a_plain_statement_that_dense_kernels_give_no_speedup(mask_structure, pattern, tmp_path):
-    pruned = hf_sparsify.prune(make_tiny_model("deit"), hf_sparsify.MagnitudeConfig(sparsity=0.5, mask_structure=mask_structure))
+@pytest.mark.parametrize(
+    "family, mask_structure, pattern",
+    [(f, "unstructured", "unstructured sparsity") for f in ("vit", "deit", "dinov2", "convnext", "convnextv2")] + [("deit", "2:4", "2:4 semi-structured sparsity")],
+)
+def test_sparse_models_export_with_a_plain_statement_that_dense_kernels_give_no_speedup(family, mask_structure, pattern, tmp_path):
+    pruned = hf_sparsify.prune(make_tiny_model(family), hf_sparsify.MagnitudeConfig(sparsity=0.5, mask_structure=mask_structure))
     exported = export_onnx(pruned, tmp_path / "s.onnx")
     assert exported.verified
     assert len(exported.notes) == 1 and pattern in exported.notes[0] and "no faster than the dense one" in exported.notes[0]
