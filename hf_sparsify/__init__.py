@@ -55,6 +55,10 @@ _LAZY: dict[str, str] = {
     "save_pretrained": ".pruned",
     "SparsityReport": ".report",
     "sparsity_report": ".report",
+    "benchmark": ".speed",
+    "export_onnx": ".speed",
+    "LatencyCost": ".speed",
+    "LatencyProfiler": ".speed",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
@@ -88,4 +92,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .modeling import AutoSparseModel, AutoSparseModelForImageClassification
     from .pruned import save_pretrained
     from .report import SparsityReport, sparsity_report
+    from .speed import LatencyCost, LatencyProfiler, benchmark, export_onnx
     from .trainer import DistillationConfig, PruningSchedule, PruningScheduleError, SparseTrainer

@@ -8,6 +8,10 @@ hf-sparsify evaluate MODEL --data DATA [--split test] [--limit N] [--batch-size 
 hf-sparsify report MODEL [--json] [--dtype D]
 hf-sparsify card DIR [--repo-id REPO] [--metrics FILE] [--template FILE] [--force]
 hf-sparsify push DIR REPO [--private] [--compressed] [--commit-message M]
+hf-sparsify benchmark MODEL [--baseline MODEL] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--batch-size B]
+                      [--image-size N] [--runtime eager|compile|onnxruntime|semi-structured]
+hf-sparsify export MODEL OUTPUT [--image-size N] [--dtype D] [--opset N] [--no-verify] [--overwrite]
+hf-sparsify card DIR --benchmark [--baseline MODEL] [--device D] [--dtype D] [--batch-size B] [--runtime R]
 hf-sparsify demo [--method M] [--sparsity S] [--output DIR]
 ```
 
@@ -16,7 +20,8 @@ local folder; DATA is a Hub dataset id, a ``datasets`` folder, a parquet file, a
 files, or an image folder. User errors print one ``error: ...`` line and exit with status 2.
 
 The package: :mod:`.parser` (the parser and the entry point), :mod:`.options` (``prune``'s method options,
-generated from the configuration dataclasses), :mod:`.commands` (one function per command; heavy imports inside).
+generated from the configuration dataclasses), :mod:`.commands` (one function per command; heavy imports inside),
+:mod:`.speed` (``benchmark``, ``export`` and ``card --benchmark``).
 """
 
 from .commands import CLIError

@@ -4,4 +4,5 @@ import sys
 
 from .parser import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (the docstring tests walk every module) runs nothing
+    sys.exit(main())

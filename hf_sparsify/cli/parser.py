@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..configuration import available_methods, get_method
 from ..errors import HfSparsifyError
-from . import commands
+from . import commands, speed
 from .commands import DTYPES
 from .options import TARGET_FLAG, add_method_options
 
@@ -58,7 +58,7 @@ def _add_common(parser: argparse.ArgumentParser, *, device: bool = True, dtype: 
 
 
 def add_commands(subparsers) -> None:
-    """Add the commands (``prune``, ``evaluate``, ``report``, ``card``, ``push``, ``demo``) to ``subparsers``
+    """Add the commands (``prune``, ``evaluate``, ``report``, ``card``, ``push``, ``benchmark``, ``export``, ``demo``) to ``subparsers``
     (those of ``hf-sparsify``, or of ``optimum-cli sparsify``)."""
     methods = available_methods()
 
@@ -113,7 +113,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--metrics", help='a JSON file of evaluation results: {"dataset": .., "before": {"accuracy": ..}, "after": {..}}')
     p.add_argument("--template", help="a Jinja2 card template (default: the bundled one)")
     p.add_argument("--force", action="store_true", help="replace a README.md that hf_sparsify did not write")
-    p.set_defaults(**{COMMAND_ATTRIBUTE: commands.cmd_card})
+    p.add_argument("--benchmark", action="store_true", help="time the model against --baseline now and add the measured speed-up to the card")
+    p.add_argument("--benchmark-json", metavar="FILE", help="add the speed-up of a saved `hf-sparsify benchmark --baseline` JSON line to the card")
+    speed.add_benchmark_options(p, baseline_help="with --benchmark: the dense model (default: the base model the folder records)")
+    p.set_defaults(**{COMMAND_ATTRIBUTE: speed.cmd_card})
 
     p = subparsers.add_parser(
         "push", help="upload a saved model folder to the Hub in one commit (e.g. after a failed --push-to-hub)", allow_abbrev=False
@@ -124,6 +127,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--compressed", action="store_true", help="upload the compact sparse format (the folder is read, not changed)")
     p.add_argument("--commit-message", help="the commit's message")
     p.set_defaults(**{COMMAND_ATTRIBUTE: commands.cmd_push})
+
+    speed.add_speed_commands(subparsers, COMMAND_ATTRIBUTE)
 
     from ..demo import DEFAULT_METHOD  # noqa: PLC0415 - a constant of a light module
 
@@ -140,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``hf-sparsify`` parser (builds in well under a second: no torch import)."""
     parser = _ArgumentParser(prog=PROG, description="Prune, evaluate, report and publish Hugging Face vision models.", allow_abbrev=False)
     parser.add_argument("--verbose", action="store_true", help="show transformers' warnings and info messages")
-    subparsers = parser.add_subparsers(dest="command", metavar="{prune,evaluate,report,card,push,demo}", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="{prune,evaluate,report,card,push,benchmark,export,demo}", required=True)
     add_commands(subparsers)
     return parser
 

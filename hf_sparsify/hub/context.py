@@ -478,6 +478,7 @@ def card_context(inputs: CardInputs, *, repo_id: str | None = None, chart: str |
             "device": s["device"],
             "dtype": s["dtype"],
             "batch_size": s["batch_size"],
+            "runtime": s.get("runtime", ""),
             "dense": f"{s['dense_ms']:.2f} ms" if "dense_ms" in s else "",
             "pruned": f"{s['pruned_ms']:.2f} ms" if "pruned_ms" in s else "",
             "speedup": f"{s['speedup']:.2f}×",

@@ -57,7 +57,7 @@ METRIC_STAGES = {"before": "dense, before pruning", "after": "after pruning", "r
 CARD_DATA_KEYS = ("metrics", "speedups", "metadata", "training")
 _METRICS_KEYS = {"dataset", "dataset_id", "split", "config", *METRIC_STAGES}
 _METADATA_KEYS = {"license", "license_name", "license_link", "base_model", "datasets", "tags", "language", "library_name", "pipeline_tag", "model_name"}
-_SPEEDUP_KEYS = {"device", "dtype", "batch_size", "dense_ms", "pruned_ms", "speedup", "notes"}
+_SPEEDUP_KEYS = {"device", "dtype", "batch_size", "runtime", "dense_ms", "pruned_ms", "speedup", "notes"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 # accuracy, eval_accuracy, top1_accuracy, acc, top1, top-5...: metrics that are fractions (shown as percentages)
 _FRACTION_METRIC = re.compile(r"(accuracy|(^|[_-])acc|(^|[_-])top[-_]?\d+)$")
@@ -122,7 +122,8 @@ def normalize_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any] | Non
 
 def normalize_speedups(speedups: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """Check ``pruning_speedups``: a list of ``{"device", "dtype", "batch_size"}`` plus either ``dense_ms`` and
-    ``pruned_ms`` (latency per batch) or ``speedup``; optional ``notes`` (e.g. the kernel or backend)."""
+    ``pruned_ms`` (latency per batch) or ``speedup``; optional ``runtime`` (``eager``, ``compile``, ``onnxruntime``,
+    ``semi-structured``: what ``hf-sparsify benchmark`` timed) and ``notes`` (e.g. the kernel or backend)."""
     if speedups is None:
         return []
     if isinstance(speedups, Mapping):
@@ -148,6 +149,8 @@ def normalize_speedups(speedups: Sequence[Mapping[str, Any]] | Mapping[str, Any]
             item["speedup"] = float(_number(entry["speedup"], f"pruning_speedups[{i}]['speedup']"))
         else:
             raise CardDataError(f"pruning_speedups[{i}] needs dense_ms and pruned_ms, or speedup")
+        if entry.get("runtime"):
+            item["runtime"] = str(entry["runtime"])
         if entry.get("notes"):
             item["notes"] = str(entry["notes"])
         out.append(item)
