@@ -291,7 +291,9 @@ def _block_from_name(name: str) -> tuple[str | None, int | None]:
 
 
 def _structured_layers(record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    layers = record.get("layers") or {}
+    layers = record.get("layers")
+    if not isinstance(layers, Mapping):
+        return {}
     return {name: facts for name, facts in layers.items() if isinstance(facts, Mapping) and {"kind", "width", "dense_width"} <= set(facts)}
 
 
@@ -431,7 +433,7 @@ def bottleneck_report(source: Any, *, margin: float = DEFAULT_MARGIN) -> Bottlen
         raise BottleneckReportError(f"margin must be in [0, 1) (points of kept fraction above the median), got {margin!r}.")
     record = _record_of(source)
     if record is not None:
-        if "layers" not in record and isinstance(record.get("pruning"), Mapping):
+        if isinstance(record.get("pruning"), Mapping):
             record = record["pruning"]  # a sparsity_summary.json
         return _from_record(record, source="pruning result", margin=margin)
     if isinstance(source, (str, os.PathLike)):
