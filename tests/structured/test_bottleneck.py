@@ -179,3 +179,29 @@ def test_report_of_a_low_precision_model(dtype):
     pruned = hf_sparsify.prune(model, hf_sparsify.VBPConfig(pruning_ratio=0.4, **QUICK), batches)
     report = hf_sparsify.bottleneck_report(pruned)
     assert [r.kept for r in report.rows] == [pruned.get_submodule(r.name).down_proj.in_features for r in report.rows]
+
+
+@pytest.mark.slow
+def test_expand_then_prune_example_runs_on_the_bundled_sample(tmp_path):
+    """examples/expand_then_prune.py end to end with tiny settings on the bundled data (no ../shared needed)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "expand_then_prune.py"
+    spec = importlib.util.spec_from_file_location("expand_then_prune", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main([
+        "--data", "bundled", "--train-steps", "2", "--finetune-steps", "1", "--eval-samples", "200", "--num-calibration", "64",
+        "--batch-size", "32", "--output-dir", str(tmp_path),
+    ])
+    assert results["method"] == example.default_method() and results["eval_samples"] == 200
+    budget = results["pruned"]["after_pruning"]["macs"]
+    assert results["widened"] == [r["name"] for r in results["report"]["groups"] if r["name"] in results["report"]["candidates"]]
+    for arm in example.ARMS:
+        entry = results[arm]
+        # every arm ends at the budget of the model pruned directly (within the rounding of widths to multiples of 8)
+        assert abs(entry["after_pruning"]["macs"] - budget) < 0.02 * budget and "after_finetuning" in entry
+    assert results["bottlenecks ×2"]["widened_macs"] > results["dense"]["macs"]
+    assert set(results["bottlenecks ×2"]["kept_new_units"]) == set(results["widened"])
+    assert json.loads((tmp_path / "results.json").read_text())["table"] == results["table"]
