@@ -130,6 +130,7 @@ class BottleneckReport:
             ``"per_layer"`` every group keeps the same fraction and no group stands out.
         source: where the widths were read (``"pruning result"``, ``"saved summary"``, ``"config metadata"``).
         margin: the default margin of :meth:`candidates`.
+        notes: sentences printed under the table (e.g. how the widths were read).
     """
 
     rows: list[BottleneckRow]

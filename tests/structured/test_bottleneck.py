@@ -117,13 +117,20 @@ def test_convnext_blocks_are_named_from_the_config(tmp_path):
     assert [r.block for r in alone.rows] == [r.block for r in in_memory.rows] and {r.block_index for r in alone.rows} == {None}
 
 
-def test_expanded_then_pruned_model_reports_against_the_widened_widths(pruned_vit):
+def test_expanded_then_pruned_model_reports_against_the_widened_widths(pruned_vit, tmp_path):
     dense = make_tiny_model("vit", num_hidden_layers=4)
     candidates = hf_sparsify.bottleneck_report(pruned_vit).candidates(k=1)
     wide = hf_sparsify.expand(dense, candidates, 2)
     again = _vbp(wide)
     row = next(r for r in hf_sparsify.bottleneck_report(again).rows if r.name == candidates[0].name)
     assert row.dense == 2 * candidates[0].dense and row.original == candidates[0].dense
+    # the metadata fallback applies the widening recorded before the last pruning step
+    again.save_pretrained(tmp_path / "saved")
+    reloaded = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(tmp_path / "saved")
+    shutil.rmtree(tmp_path / "saved")
+    from_meta = hf_sparsify.bottleneck_report(reloaded)
+    assert from_meta.source == "config metadata"
+    assert _rows(from_meta) == _rows(hf_sparsify.bottleneck_report(again))
 
 
 def test_card_shows_the_bottleneck_section_for_a_global_allocation_only(pruned_vit, tmp_path):
