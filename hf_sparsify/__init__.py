@@ -59,6 +59,11 @@ _LAZY: dict[str, str] = {
     "export_onnx": ".speed",
     "LatencyCost": ".speed",
     "LatencyProfiler": ".speed",
+    "BottleneckReport": ".structured.bottleneck",
+    "BottleneckReportError": ".structured.bottleneck",
+    "bottleneck_report": ".structured.bottleneck",
+    "ExpansionError": ".expansion",
+    "expand": ".expansion",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
@@ -83,6 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .configuration import PruningConfig, PruningConfigError, available_methods, register_method
     from .data import CalibrationData, CalibrationDataError, load_image_dataset
     from .errors import HfSparsifyError
+    from .expansion import ExpansionError, expand
     from .hub import HubPushError, ModelCardTemplateError, build_model_card, push_to_hub
     from .io.load import SparseCheckpointError
     from .methods.base import Pruner, PruningError, PruningResult
@@ -93,4 +99,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .pruned import save_pretrained
     from .report import SparsityReport, sparsity_report
     from .speed import LatencyCost, LatencyProfiler, benchmark, export_onnx
+    from .structured.bottleneck import BottleneckReport, BottleneckReportError, bottleneck_report
     from .trainer import DistillationConfig, PruningSchedule, PruningScheduleError, SparseTrainer

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..structured.bottleneck import card_bottlenecks, draw_bottleneck_panel
 from ..utils import get_logger
 
 __all__ = ["CHART_NAME", "render_sparsity_chart"]
@@ -31,7 +32,9 @@ def _short(name: str) -> str:
 
 
 def render_sparsity_chart(summary: Mapping[str, Any], path: str | os.PathLike) -> bool:
-    """Draw per-layer sparsity (and kept width per structure, when structures were removed) as a PNG.
+    """Draw per-layer sparsity (and kept width per structure, when structures were removed) as a PNG; a model pruned
+    by a structured method with a global allocation gets a third panel: the kept fraction per group of that pruning
+    step, with its bottleneck candidates (see :func:`hf_sparsify.bottleneck_report`).
 
     Uses matplotlib's Agg canvas directly (the pyplot backend of the caller is left alone). Returns ``False``
     (and logs why) when matplotlib is not installed (``pip install hf_sparsify[plot]``).
@@ -44,7 +47,8 @@ def render_sparsity_chart(summary: Mapping[str, Any], path: str | os.PathLike) -
         return False
     layers = list(summary.get("layers") or [])
     structures = [s for s in summary.get("structures") or [] if s.get("dense_units") not in (None, s.get("units"))]
-    panels = [p for p in (layers, structures) if p]
+    bottlenecks = card_bottlenecks(summary)
+    panels = [p for p in (layers, structures, bottlenecks.rows if bottlenecks else None) if p]
     if not panels:
         return False
     width = min(24.0, max(6.0, 0.18 * max(len(p) for p in panels) + 2))
@@ -70,6 +74,9 @@ def render_sparsity_chart(summary: Mapping[str, Any], path: str | os.PathLike) -
         ax.set_ylabel("kept width (%)")
         ax.set_title("Kept units per structure (MLP neurons, heads, channels)")
         ax.set_xticks(range(len(values)), [_short(s["name"]) for s in structures], rotation=90, fontsize=6)
+        k += 1
+    if bottlenecks:
+        draw_bottleneck_panel(axes[k], bottlenecks)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, format="png")

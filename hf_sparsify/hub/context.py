@@ -40,6 +40,7 @@ from ..io.summary import (
     read_summary,
     summary_dict,
 )
+from ..structured.bottleneck import card_bottlenecks
 from ..surgery.shapes import _SHAPE_KEYS, METADATA_KEY
 
 __all__ = ["CardInputs", "card_context", "inputs_from_folder", "inputs_from_model", "pruning_steps"]
@@ -315,8 +316,15 @@ def _summary_paragraph(inputs: CardInputs, method_title: str, base: str | None, 
     structured = any(s.get("dense_units") not in (None, s.get("units")) for s in summary.get("structures") or [])
     base_text = f"`{base}`" if base else "a vision model"
     in_steps = f" in {steps} steps" if steps > 1 else ""
-    parts = [f"This model is {base_text} pruned{in_steps} with {method_title} by hf_sparsify {meta.get('version', '')}".rstrip() + "."]
-    if structured:
+    widened_only = not steps and bool(meta.get("expansions"))
+    if widened_only:
+        parts = [f"This model is {base_text} widened by `hf_sparsify.expand` (new units with zero outgoing weights: the same function); it was not pruned."]
+    else:
+        parts = [f"This model is {base_text} pruned{in_steps} with {method_title} by hf_sparsify {meta.get('version', '')}".rstrip() + "."]
+    if structured and widened_only:
+        dense_params, params = glob.get("dense_params"), glob.get("total_params")
+        parts.append(f"It has {_fmt_int(params)} parameters" + (f" instead of {_fmt_int(dense_params)}" if dense_params else "") + ".")
+    elif structured:
         dense_params, params = glob.get("dense_params"), glob.get("total_params")
         parts.append(
             f"Structures (MLP neurons, attention heads or channels) were physically removed: it has {_fmt_int(params)} parameters"
@@ -398,6 +406,47 @@ def _training_rows(training: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {"rows": rows}
 
 
+def _bottlenecks(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The bottleneck section: the kept fraction per group of the last pruning step, when a structured method spread
+    its budget by one ranking across groups (see :func:`hf_sparsify.bottleneck_report`)."""
+    report = card_bottlenecks(summary)
+    if report is None:
+        return None
+    candidates = {row.name for row in report.candidates()}
+    rows = [
+        {
+            "name": row.name,
+            "kind": row.kind,
+            "kept": row.kept,
+            "dense": row.dense,
+            "fraction": f"{row.fraction:.1%}",
+            "candidate": "yes" if row.name in candidates else "",
+        }
+        for row in report.rows
+    ]
+    return {
+        "method": report.method or "the method",
+        "allocation": report.allocation,
+        "rule": report.rule(),
+        "candidates": [row.name for row in report.candidates()],
+        "rows": rows,
+    }
+
+
+def _expansions(meta: Mapping[str, Any], steps: int) -> list[str]:
+    """One sentence per widening (``hf_sparsify.expand``) the config recorded, saying where it sits among the
+    pruning steps."""
+    out = []
+    for expansion in meta.get("expansions") or []:
+        if not isinstance(expansion, Mapping):
+            continue
+        widths = ", ".join(f"`{name}` {old} → {new}" for name, (old, new) in (expansion.get("widths") or {}).items())
+        after = int(expansion.get("after_step", 0))
+        when = "before any pruning" if after == 0 else f"after pruning step {after}"
+        out.append(f"Widened ×{float(expansion.get('factor', 0)):g} by `hf_sparsify.expand` {when}{' (the last)' if steps and after == steps else ''}: {widths}.")
+    return out
+
+
 def card_context(inputs: CardInputs, *, repo_id: str | None = None, chart: str | None = None) -> dict[str, Any]:
     """The fields a card template is rendered with (listed at the top of the default template)."""
     from .. import __version__
@@ -410,6 +459,8 @@ def card_context(inputs: CardInputs, *, repo_id: str | None = None, chart: str |
     methods = _methods_in_order(steps)
     method = methods[-1] if methods else None
     method_title = ", then ".join(_title(m) for m in methods) if methods else _title(None)
+    if not methods and meta.get("expansions"):
+        method_title = "none (widened by hf_sparsify.expand, not pruned)"
     base = overrides.get("base_model") or meta.get("base_model")
     base_display = base if base is None or is_hub_id(base) else Path(str(base)).name
     library, auto, needs_ours = _loader(inputs)
@@ -508,6 +559,8 @@ def card_context(inputs: CardInputs, *, repo_id: str | None = None, chart: str |
         "citation": _citations(steps),
         "license_note": license_note,
         "training": _training_rows(inputs.card.get("training")),
+        "bottlenecks": _bottlenecks(inputs.summary),
+        "expansions": _expansions(meta, len(steps)),
         "version": __version__,
     }
 

@@ -5,7 +5,8 @@
 * :mod:`.allocation`: widths from scores and a budget (global threshold, per-layer ratio, dynamic programme;
   ``min_per_layer`` guards, widths rounded to multiples of 8 or 64);
 * :mod:`.shrink`: removing units with a bias fold (the physical surgery is :mod:`hf_sparsify.surgery.shrink`);
-* :mod:`.pruner`: :class:`StructuredPruner`, the flow: a structured method is a score plus an optional fold.
+* :mod:`.pruner`: :class:`StructuredPruner`, the flow: a structured method is a score plus an optional fold;
+* :mod:`.bottleneck`: the per-group kept widths a global ranking produced, and its bottleneck candidates.
 
 See docs/structured.md.
 """
@@ -24,6 +25,7 @@ from .allocation import (
     removal_errors,
     removed_cost,
 )
+from .bottleneck import BottleneckReport, BottleneckReportError, BottleneckRow, bottleneck_report
 from .costs import (
     CostModel,
     LinearCostModel,
@@ -47,6 +49,9 @@ __all__ = [
     "KIND_NOUNS",
     "NORMALIZATIONS",
     "Allocation",
+    "BottleneckReport",
+    "BottleneckReportError",
+    "BottleneckRow",
     "Budget",
     "CostModel",
     "LinearCostModel",
@@ -58,6 +63,7 @@ __all__ = [
     "UnreachableBudgetError",
     "allowed_widths",
     "attention_query_modules",
+    "bottleneck_report",
     "count_macs",
     "count_params",
     "group_names",
