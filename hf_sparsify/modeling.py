@@ -87,6 +87,21 @@ def _shape_record_for(model, meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: bytes of alignment the CPU kernels expect of a tensor's data (what torch's allocator gives)
+_ALIGNMENT = 64
+
+
+def _realign(model) -> None:
+    """Copy the CPU tensors that loading left at unaligned addresses (zero-copy views into the safetensors file,
+    whose tensors are 8-byte aligned) into memory of their own. CPU kernels choose their code path by alignment (the
+    1×1 convolutions of timm's ConvNeXt do), so without this a reloaded model can differ from the saved one in the
+    last bit; with it, it computes exactly as the model that was saved."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % _ALIGNMENT:
+                tensor.data = tensor.data.clone()
+
+
 class _AutoSparseBase:
     _auto_class: Any = None
 
@@ -123,6 +138,7 @@ class _AutoSparseBase:
         model_class = cls._model_class(config)
         want_info = kwargs.pop("output_loading_info", False)
         model, info = cls._load(model_class, config, meta, pretrained_model_name_or_path, model_args, kwargs, hub_kwargs)
+        _realign(model)
         if meta:
             attach_pruning_state(model, config=_load_pruning_config(pretrained_model_name_or_path, hub_kwargs))
             model.pruning_structured = bool(meta.get("structured"))
