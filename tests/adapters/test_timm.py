@@ -31,7 +31,7 @@ _VIT = {"depth": 2, "img_size": 32, "embed_dim": 32, "num_heads": 4}
 VARIANTS = {
     "vit": ("vit_small_patch16_224", dict(_VIT)),
     "vit_layerscale_swiglu": ("vit_small_patch16_224", {**_VIT, "init_values": 0.5, "mlp_layer": "swiglu"}),
-    "vit_dinov2_packed_swiglu": ("vit_giant_patch14_dinov2", {"depth": 2, "img_size": 28, "embed_dim": 32, "num_heads": 4}),
+    "vit_dinov2_packed_swiglu": ("vit_giant_patch14_dinov2", {"depth": 2, "img_size": 32, "patch_size": 16, "embed_dim": 32, "num_heads": 4}),
     "deit_distilled": ("deit_small_distilled_patch16_224", dict(_VIT)),
     "convnext_conv_mlp": ("convnext_atto", {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 16]}),
     "convnext_linear_mlp": ("convnext_tiny", {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 16], "ls_init_value": 0.5}),
