@@ -351,7 +351,7 @@ def pixel_values(checkpoint: HubCheckpoint, batch: int = 4, seed: int = 0) -> to
     return torch.randn(batch, 3, checkpoint.image_size, checkpoint.image_size, generator=g)
 
 
-def image_batches(checkpoint: HubCheckpoint, num_batches: int = 4, batch: int = 4, num_labels: int = 1000) -> list[dict[str, torch.Tensor]]:
+def image_batches(checkpoint: HubCheckpoint, num_batches: int = 4, batch: int = 2, num_labels: int = 1000) -> list[dict[str, torch.Tensor]]:
     """Calibration batches: images, and labels unless the checkpoint is a backbone (pruned label-free)."""
     g = torch.Generator().manual_seed(1)
     out = []

@@ -4,6 +4,9 @@ outputs stay finite, the method pruned, and the one-call reload gives the same o
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+
 import pytest
 import torch
 
@@ -14,6 +17,22 @@ from tests.models.hub_configs import timm_skip_reason
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MODELS = ["dinov3_vit", "dinov3_vit_gated", "dinov3_convnext", "timm_vit_headless", "timm_vit", "timm_convnext"]
+#: the gradient engine (hf_sparsify/observers/gradients.py) casts calibration batches to the model's dtype and backs a
+#: half-precision loss up in float32; without it, CAP-family methods fail in half precision on models that do not
+#: cast their input themselves (DINOv3 ConvNeXt) and on classifiers whose loss stays in half precision (timm's)
+ENGINE = importlib.util.find_spec("hf_sparsify.observers.gradients") is not None
+_NEEDS_ENGINE = {"dinov3_convnext", "timm_vit", "timm_convnext"}
+
+
+def _cases():
+    for method in available_methods():
+        for name in MODELS:
+            for dtype in DTYPES:
+                fisher = "loss" in {f.name for f in dataclasses.fields(get_method(method).config_class)}
+                marks = []
+                if fisher and dtype != torch.float32 and name in _NEEDS_ENGINE and not ENGINE:
+                    marks = [pytest.mark.xfail(strict=True, reason="half-precision gradients need the gradient engine (branch 'engine')")]
+                yield pytest.param(method, name, dtype, marks=marks, id=f"{method}-{name}-{str(dtype).removeprefix('torch.')}")
 
 
 def make(name: str):
@@ -34,9 +53,7 @@ def _outputs(model, x):
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("method", available_methods())
+@pytest.mark.parametrize("method, name, dtype", list(_cases()))
 def test_every_method_in_every_dtype(method, name, dtype, tmp_path):
     # loaded in the dtype as users load a checkpoint (DINOv3's RoPE frequencies stay float32 then, as in the reload)
     dense = make(name)
@@ -50,10 +67,10 @@ def test_every_method_in_every_dtype(method, name, dtype, tmp_path):
             pytest.skip(f"{method} cannot run without labels")
         settings.update(entry.config_class.label_free_settings)
     g = torch.Generator().manual_seed(0)
-    batches = [{"pixel_values": torch.randn(4, 3, 32, 32, generator=g)} for _ in range(4)]
+    batches = [{"pixel_values": torch.randn(2, 3, 32, 32, generator=g)} for _ in range(4)]  # grad_batch_size 2
     if not backbone:
         for batch in batches:
-            batch["labels"] = torch.randint(0, 5, (4,), generator=g)
+            batch["labels"] = torch.randint(0, 5, (2,), generator=g)
     pruned = hf_sparsify.prune(model, entry.config_class(**settings), batches if entry.pruner_class.needs_calibration_data else None)
     assert {p.dtype for p in pruned.parameters()} == {dtype}
     x = batches[0]["pixel_values"].to(dtype)
