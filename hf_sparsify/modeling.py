@@ -32,6 +32,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .adapters.base import UnsupportedModelError
 from .configuration import CONFIG_NAME, PruningConfig
 from .io.compressed import read_compressed_checkpoint
 from .io.load import HUB_KWARGS, SparseCheckpointError, from_pretrained_strict, optional_file
@@ -104,6 +105,7 @@ def _realign(model) -> None:
 
 class _AutoSparseBase:
     _auto_class: Any = None
+    _task: str = ""
 
     def __init__(self, *args, **kwargs):
         raise EnvironmentError(f"{type(self).__name__} is a loader: use {type(self).__name__}.from_pretrained(path_or_repo_id).")
@@ -111,6 +113,12 @@ class _AutoSparseBase:
     @classmethod
     def _model_class(cls, config):
         mapping = cls._auto_class._model_mapping
+        if type(config) not in mapping:
+            other = "AutoSparseModel" if cls is not AutoSparseModel else "AutoSparseModelForImageClassification"
+            raise UnsupportedModelError(
+                f"transformers has no {cls._task} class for {type(config).__name__} (model_type={config.model_type!r}"
+                f"{', a backbone' if cls is not AutoSparseModel else ''}): load this checkpoint with {other}.from_pretrained(...)."
+            )
         candidates = mapping[type(config)]
         if not isinstance(candidates, (list, tuple)):
             candidates = (candidates,)
@@ -177,12 +185,16 @@ class _AutoSparseBase:
 
 
 class AutoSparseModelForImageClassification(_AutoSparseBase):
-    """Loads any image classifier hf_sparsify pruned (ViT, DeiT, DINOv2, ConvNeXt...), in one call."""
+    """Loads any image classifier hf_sparsify pruned (ViT, DeiT, DINOv2, ConvNeXt, timm's through
+    ``TimmWrapperForImageClassification``...), in one call."""
 
     _auto_class = AutoModelForImageClassification
+    _task = "image-classification"
 
 
 class AutoSparseModel(_AutoSparseBase):
-    """Loads the bare backbone (``ViTModel``, ``Dinov2Model``...) of a pruned checkpoint, in one call."""
+    """Loads the bare backbone (``ViTModel``, ``Dinov2Model``, ``DINOv3ViTModel``, ``DINOv3ConvNextModel``,
+    ``TimmWrapperModel``...) of a pruned checkpoint, in one call."""
 
     _auto_class = AutoModel
+    _task = "backbone"
