@@ -29,3 +29,18 @@ def test_a_dinov3_backbone_loads_with_auto_sparse_model_only(tmp_path):
     assert type(hf_sparsify.AutoSparseModel.from_pretrained(tmp_path)) is transformers.DINOv3ViTModel
     with pytest.raises(UnsupportedModelError, match=r"no image-classification class for DINOv3ViTConfig .*AutoSparseModel\.from_pretrained"):
         hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(tmp_path)
+
+
+def test_an_architecture_without_an_adapter_pruned_with_targets_reloads_in_one_call(tmp_path):
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    model = transformers.ResNetForImageClassification(config).eval()
+    pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5, targets=[r"layer\.\d\.convolution$"]))
+    pruned.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = pruned(pixel_values=x).logits
+        reloaded = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(tmp_path).eval()
+        assert torch.equal(reloaded(pixel_values=x).logits, expected)
+        plain = transformers.AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(plain(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-5)
+    assert hf_sparsify.sparsity_report(reloaded).sparsity > 0  # the targeted convolutions, among every layer

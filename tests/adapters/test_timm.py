@@ -167,7 +167,7 @@ def test_head_tokens_and_image_size():
     assert get_adapter(make_timm("convnext_conv_mlp")).image_input_shape() == (3, 224, 224)  # its pretrained_cfg
 
 
-def test_other_timm_architectures_get_the_targets_route():
+def test_other_timm_architectures_get_the_targets_route(tmp_path):
     config = transformers.TimmWrapperConfig(architecture="resnet18", num_labels=3)
     model = transformers.TimmWrapperForImageClassification(config).eval()
     with pytest.raises(UnsupportedModelError) as caught:
@@ -176,6 +176,9 @@ def test_other_timm_architectures_get_the_targets_route():
     assert "timm architecture 'resnet18'" in message and "ResNet" in message and "timm_wrapper" in message and "targets=" in message
     pruned = hf_sparsify.prune(model, hf_sparsify.MagnitudeConfig(sparsity=0.5, targets=[r"layer\d\.\d\.conv\d$"]))
     assert hf_sparsify.sparsity_report(pruned).sparsity == pytest.approx(0.5, abs=0.01)
+    pruned.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(logits(hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(tmp_path).eval(), x), logits(pruned, x))
     with pytest.raises(UnsupportedModelError, match="timm architecture 'resnet18'.*has no adapter"):
         select_groups(get_adapter(model, allow_generic=True), ["mlp"], method="VBP")
 

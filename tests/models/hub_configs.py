@@ -5,7 +5,9 @@ Each entry is the checkpoint's published ``config.json`` as its library writes i
 ``TimmWrapperConfig`` reads — from the checkpoints' published hyper-parameters: transformers' conversion scripts
 and defaults (DINOv3, ViT, DeiT, DINOv2, ConvNeXt) and timm's model registry (``timm.models.vision_transformer``,
 ``deit``, ``convnext`` entry points and their ``pretrained_cfg``). ImageNet label names are left out (transformers
-then names the 1,000 classes ``LABEL_i``; timm's wrapper fills ImageNet's own names).
+then names the 1,000 classes ``LABEL_i``; timm's wrapper fills ImageNet's own names). Entries named
+``"... (backbone)"`` / ``"... (headless)"`` load the same checkpoint with the backbone class (``DeiTModel``,
+``ConvNextV2Model``, ``TimmWrapperModel``), pruned label-free.
 
 **What the tests change** (``test_overrides``), to keep each test a few seconds on a CPU: fewer blocks (2 for the
 ViTs, one per stage for the ConvNeXts), and a small image (32 px: 2×2 patches of 16; 28 px for patch 14). Hidden
@@ -200,6 +202,37 @@ CHECKPOINTS: dict[str, HubCheckpoint] = {
         "TimmWrapperForImageClassification",
         {"model_args": {"depths": [1, 1, 1, 1]}},
     ),
+    "timm/convnext_atto.d2_in1k (headless)": HubCheckpoint(
+        "timm/convnext_atto.d2_in1k",
+        "timm",
+        {
+            # registry: depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True (1x1 Conv2d MLPs), LayerScale 1e-6
+            "architecture": "convnext_atto",
+            "num_classes": 1000,
+            "num_features": 320,
+            "global_pool": "avg",
+            "pretrained_cfg": {
+                "tag": "d2_in1k",
+                "custom_load": False,
+                "input_size": [3, 224, 224],
+                "test_input_size": [3, 288, 288],
+                "fixed_input_size": False,
+                "interpolation": "bicubic",
+                "crop_pct": 0.875,
+                "test_crop_pct": 0.95,
+                "crop_mode": "center",
+                "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225],
+                "num_classes": 1000,
+                "pool_size": [7, 7],
+                "first_conv": "stem.0",
+                "classifier": "head.fc",
+                "license": "apache-2.0",
+            },
+        },
+        "TimmWrapperModel",
+        {"model_args": {"depths": [1, 1, 1, 1]}},
+    ),
     # ---------------------------------------------------------------------------------------------- transformers
     "google/vit-base-patch16-224": HubCheckpoint(
         "google/vit-base-patch16-224",
@@ -250,6 +283,31 @@ CHECKPOINTS: dict[str, HubCheckpoint] = {
         "DeiTForImageClassificationWithTeacher",
         {"num_hidden_layers": 2, "image_size": 32},
     ),
+    "facebook/deit-small-distilled-patch16-224 (backbone)": HubCheckpoint(
+        "facebook/deit-small-distilled-patch16-224",
+        "transformers",
+        {
+            "architectures": ["DeiTForImageClassificationWithTeacher"],
+            "model_type": "deit",
+            "attention_probs_dropout_prob": 0.0,
+            "encoder_stride": 16,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.0,
+            "hidden_size": 384,
+            "image_size": 224,
+            "initializer_range": 0.02,
+            "intermediate_size": 1536,
+            "layer_norm_eps": 1e-12,
+            "num_attention_heads": 6,
+            "num_channels": 3,
+            "num_hidden_layers": 12,
+            "patch_size": 16,
+            "qkv_bias": True,
+            "num_labels": 1000,
+        },
+        "DeiTModel",
+        {"num_hidden_layers": 2, "image_size": 32},
+    ),
     "facebook/dinov2-small": HubCheckpoint(
         "facebook/dinov2-small",
         "transformers",
@@ -297,6 +355,27 @@ CHECKPOINTS: dict[str, HubCheckpoint] = {
             "num_labels": 1000,
         },
         "ConvNextForImageClassification",
+        {"depths": [1, 1, 1, 1], "image_size": 32},
+    ),
+    "facebook/convnextv2-tiny-1k-224 (backbone)": HubCheckpoint(
+        "facebook/convnextv2-tiny-1k-224",
+        "transformers",
+        {
+            "architectures": ["ConvNextV2ForImageClassification"],
+            "model_type": "convnextv2",
+            "depths": [3, 3, 9, 3],
+            "drop_path_rate": 0.0,
+            "hidden_act": "gelu",
+            "hidden_sizes": [96, 192, 384, 768],
+            "image_size": 224,
+            "initializer_range": 0.02,
+            "layer_norm_eps": 1e-12,
+            "num_channels": 3,
+            "num_stages": 4,
+            "patch_size": 4,
+            "num_labels": 1000,
+        },
+        "ConvNextV2Model",
         {"depths": [1, 1, 1, 1], "image_size": 32},
     ),
 }
