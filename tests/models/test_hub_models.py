@@ -219,3 +219,21 @@ def test_uniform_dinov3_mlp_widths_set_intermediate_size_and_plain_transformers_
     pruned.save_pretrained(tmp_path)
     assert_same_outputs(transformers.AutoModel.from_pretrained(tmp_path), reference, pixels, exact=False)
     assert_same_outputs(hf_sparsify.AutoSparseModel.from_pretrained(tmp_path), reference, pixels)
+
+
+def test_the_cli_prunes_a_timm_checkpoint_folder(tmp_path):
+    """``hf-sparsify prune`` on a timm checkpoint folder (config.json with the timm architecture and pretrained_cfg;
+    TimmWrapper's image processor is built from it) and the one-call reload of its output."""
+    from hf_sparsify.assets import DEMO_DATA_DIR
+    from hf_sparsify.cli import main
+
+    checkpoint = CHECKPOINTS["timm/convnext_atto.d2_in1k"]
+    model = build_model(checkpoint)
+    model.config.pretrained_cfg = {**model.config.pretrained_cfg, "input_size": [3, 32, 32], "crop_pct": 1.0}
+    model.save_pretrained(tmp_path / "in")
+    code = main(["prune", str(tmp_path / "in"), "--method", "vbp", "--sparsity", "0.3", "--num-calibration-samples", "8",
+                 "--calibration", str(DEMO_DATA_DIR / "calibration.parquet"), "--output", str(tmp_path / "out"), "--disable-tqdm"])
+    assert code == 0
+    reloaded = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(tmp_path / "out")
+    assert type(reloaded).__name__ == "TimmWrapperForImageClassification" and reloaded.pruning_config.method == "vbp"
+    assert any(s["units"] < s["dense_units"] for s in hf_sparsify.sparsity_report(reloaded).structures)
