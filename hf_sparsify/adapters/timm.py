@@ -56,10 +56,11 @@ def timm_architecture(model: nn.Module) -> str | None:
 
 
 def _timm_class(module_path: str, class_name: str):
-    """A timm class, or ``None`` when timm (or the class) cannot be imported."""
+    """A timm class, or ``None`` when timm (or the class) cannot be imported (timm missing, or a torchvision built
+    for another torch, whose import raises RuntimeError)."""
     try:
         module = __import__(module_path, fromlist=[class_name])
-    except ImportError:
+    except Exception:  # noqa: BLE001 - an unimportable timm recognises no model
         return None
     return getattr(module, class_name, None)
 
