@@ -32,6 +32,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .adapters.base import UnsupportedModelError
 from .configuration import CONFIG_NAME, PruningConfig
 from .io.compressed import read_compressed_checkpoint
 from .io.load import HUB_KWARGS, SparseCheckpointError, from_pretrained_strict, optional_file
@@ -87,8 +88,24 @@ def _shape_record_for(model, meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: bytes of alignment the CPU kernels expect of a tensor's data (what torch's allocator gives)
+_ALIGNMENT = 64
+
+
+def _realign(model) -> None:
+    """Copy the CPU tensors that loading left at unaligned addresses (zero-copy views into the safetensors file,
+    whose tensors are 8-byte aligned) into memory of their own. CPU kernels choose their code path by alignment (the
+    1×1 convolutions of timm's ConvNeXt do), so without this a reloaded model can differ from the saved one in the
+    last bit; with it, it computes exactly as the model that was saved."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % _ALIGNMENT:
+                tensor.data = tensor.data.clone()
+
+
 class _AutoSparseBase:
     _auto_class: Any = None
+    _task: str = ""
 
     def __init__(self, *args, **kwargs):
         raise EnvironmentError(f"{type(self).__name__} is a loader: use {type(self).__name__}.from_pretrained(path_or_repo_id).")
@@ -96,6 +113,12 @@ class _AutoSparseBase:
     @classmethod
     def _model_class(cls, config):
         mapping = cls._auto_class._model_mapping
+        if type(config) not in mapping:
+            other = "AutoSparseModel" if cls is not AutoSparseModel else "AutoSparseModelForImageClassification"
+            raise UnsupportedModelError(
+                f"transformers has no {cls._task} class for {type(config).__name__} (model_type={config.model_type!r}"
+                f"{', a backbone' if cls is not AutoSparseModel else ''}): load this checkpoint with {other}.from_pretrained(...)."
+            )
         candidates = mapping[type(config)]
         if not isinstance(candidates, (list, tuple)):
             candidates = (candidates,)
@@ -123,6 +146,7 @@ class _AutoSparseBase:
         model_class = cls._model_class(config)
         want_info = kwargs.pop("output_loading_info", False)
         model, info = cls._load(model_class, config, meta, pretrained_model_name_or_path, model_args, kwargs, hub_kwargs)
+        _realign(model)
         if meta:
             attach_pruning_state(model, config=_load_pruning_config(pretrained_model_name_or_path, hub_kwargs))
             model.pruning_structured = bool(meta.get("structured"))
@@ -161,12 +185,16 @@ class _AutoSparseBase:
 
 
 class AutoSparseModelForImageClassification(_AutoSparseBase):
-    """Loads any image classifier hf_sparsify pruned (ViT, DeiT, DINOv2, ConvNeXt...), in one call."""
+    """Loads any image classifier hf_sparsify pruned (ViT, DeiT, DINOv2, ConvNeXt, timm's through
+    ``TimmWrapperForImageClassification``...), in one call."""
 
     _auto_class = AutoModelForImageClassification
+    _task = "image-classification"
 
 
 class AutoSparseModel(_AutoSparseBase):
-    """Loads the bare backbone (``ViTModel``, ``Dinov2Model``...) of a pruned checkpoint, in one call."""
+    """Loads the bare backbone (``ViTModel``, ``Dinov2Model``, ``DINOv3ViTModel``, ``DINOv3ConvNextModel``,
+    ``TimmWrapperModel``...) of a pruned checkpoint, in one call."""
 
     _auto_class = AutoModel
+    _task = "backbone"

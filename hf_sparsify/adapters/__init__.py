@@ -2,7 +2,7 @@
 
 ```python
 >>> from hf_sparsify.adapters import get_adapter
->>> adapter = get_adapter(model)          # ViTAdapter, DeiTAdapter, Dinov2Adapter, ConvNextAdapter, ...
+>>> adapter = get_adapter(model)          # ViTAdapter, DeiTAdapter, Dinov2Adapter, ConvNextAdapter, DINOv3..., Timm...
 >>> [layer.name for layer in adapter.prunable_layers()][:2]
 ['vit.layers.0.attention.q_proj', 'vit.layers.0.attention.k_proj']
 ```
@@ -26,7 +26,9 @@ from .base import (
     supported_model_types,
 )
 from .convnext import ConvNextAdapter, ConvNextV2Adapter
+from .dinov3 import DINOv3ConvNextAdapter, DINOv3ViTAdapter
 from .generic import GenericAdapter
+from .timm import TimmConvNeXtAdapter, TimmVisionTransformerAdapter
 from .transformer import DeiTAdapter, Dinov2Adapter, TransformerAdapter, TransformerSpec, ViTAdapter
 
 __all__ = [
@@ -37,12 +39,16 @@ __all__ = [
     "PRUNABLE_MODULE_TYPES",
     "ConvNextAdapter",
     "ConvNextV2Adapter",
+    "DINOv3ConvNextAdapter",
+    "DINOv3ViTAdapter",
     "DeiTAdapter",
     "Dinov2Adapter",
     "GenericAdapter",
     "ModelAdapter",
     "PrunableLayer",
     "StructureGroup",
+    "TimmConvNeXtAdapter",
+    "TimmVisionTransformerAdapter",
     "TransformerAdapter",
     "TransformerSpec",
     "UnsupportedModelError",
@@ -62,7 +68,7 @@ def get_adapter(model: nn.Module, *, allow_generic: bool = False) -> ModelAdapte
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     for adapter in ADAPTERS:
-        if model_type in adapter.model_types:
+        if model_type in adapter.model_types and adapter.accepts(model):
             return adapter(model)
     if allow_generic:
         return GenericAdapter(model)

@@ -82,7 +82,12 @@ class StructureGroup:
     attention, the hidden channels of one ConvNeXt block.
 
     Removing unit ``u`` removes rows ``u*unit_size : (u+1)*unit_size`` of every producer's weight (and bias),
-    the same columns of every consumer's weight, and the same entries of every extra parameter.
+    the same columns of every consumer's weight, and the same entries of every extra parameter. A *fused*
+    producer holds several equal sections of rows, each indexed by the units (timm's ``qkv``: the query, key and
+    value rows one after the other, so a head owns three row ranges that are not contiguous; a packed SwiGLU
+    ``fc1``: gate and value halves); ``producer_sections`` gives their number and :meth:`producer_rows` the rows.
+    Producers and consumers are ``nn.Linear`` or 1×1 ``nn.Conv2d`` (timm's ConvNeXt with ``conv_mlp``): rows are
+    output channels, columns input channels.
 
     Attributes:
         name: the owning module's path (``"vit.layers.3.mlp"``, ``"vit.layers.3.attention"``).
@@ -97,6 +102,9 @@ class StructureGroup:
         layer_scale: the LayerScale parameter applied after the consumer, if any (the bias fold stays exact).
         count_attribute: the attribute of the owner module holding the unit count (``num_attention_heads``),
             updated when units are removed; ``None`` if the count is read from the shapes.
+        size_attributes: further attributes of the owner module that hold ``units × factor`` (timm's
+            ``attn_dim`` = heads × head_dim), as ``{attribute: factor}``; updated with the count.
+        producer_sections: ``{producer name: sections}`` for fused producers (timm's ``qkv``: 3); others hold 1.
         blocks_exact_fold: a reason the mean-fold of removed units is not exact here (ConvNeXtV2's GRN), or None.
     """
 
@@ -113,12 +121,30 @@ class StructureGroup:
     layer_scale: str | None = None
     count_attribute: str | None = None
     blocks_exact_fold: str | None = None
+    size_attributes: dict[str, int] = field(default_factory=dict)
+    producer_sections: dict[str, int] = field(default_factory=dict)
 
     def unit_rows(self, units: torch.Tensor) -> torch.Tensor:
-        """Row (or column) indices of the given units."""
+        """Row (or column) indices of the given units in a tensor of ``num_units × unit_size`` rows: a plain
+        producer's output rows, a consumer's input columns, an extra parameter's entries."""
         units = torch.as_tensor(units, dtype=torch.long)
         offsets = torch.arange(self.unit_size, dtype=torch.long)
         return (units[:, None] * self.unit_size + offsets[None, :]).reshape(-1)
+
+    def sections(self, producer: str) -> int:
+        """How many sections of ``num_units × unit_size`` rows the producer ``producer`` holds (1 unless fused)."""
+        return int(self.producer_sections.get(producer, 1))
+
+    def rows_per_unit(self, producer: str) -> int:
+        """How many output rows of ``producer`` one unit owns (``unit_size`` times its sections)."""
+        return self.unit_size * self.sections(producer)
+
+    def producer_rows(self, producer: str, units: torch.Tensor) -> torch.Tensor:
+        """The output rows of ``producer`` that the given units own, section by section (for timm's fused ``qkv``
+        and head ``h``: its query rows, then its key rows, then its value rows)."""
+        rows = self.unit_rows(units)
+        width = self.num_units * self.unit_size
+        return torch.cat([rows + s * width for s in range(self.sections(producer))])
 
 
 class ModelAdapter:
@@ -137,6 +163,13 @@ class ModelAdapter:
 
     def __init__(self, model: nn.Module):
         self.model = model
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        """Whether this adapter serves ``model``, whose ``config.model_type`` is one of :attr:`model_types`. One
+        model type may hold several architectures (``timm_wrapper`` wraps any timm model): the adapter of each
+        says which it knows. Default: every model of its types."""
+        return True
 
     # -- to implement -----------------------------------------------------------------------------------
     def prunable_layers(self) -> list[PrunableLayer]:
@@ -169,6 +202,19 @@ class ModelAdapter:
         adapter knows no such field.
         """
         return {}, {}
+
+    def image_input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one image the model takes at its configured size (MAC counts run one
+        zero image of this shape): the config's ``num_channels`` and ``image_size``, 3 × 224 × 224 without them."""
+        config = getattr(self.model, "config", None)
+        size = getattr(config, "image_size", None) or 224
+        if isinstance(size, (list, tuple)):
+            height, width = int(size[0]), int(size[-1])
+        elif isinstance(size, dict):
+            height, width = int(size.get("height", 224)), int(size.get("width", 224))
+        else:
+            height = width = int(size)
+        return int(getattr(config, "num_channels", None) or 3), height, width
 
     def distillation_outputs(self) -> tuple[str, str] | None:
         """``(class-token logits key, distillation-token logits key)`` of the model's output when it has a second

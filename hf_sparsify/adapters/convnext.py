@@ -26,20 +26,27 @@ class ConvNextAdapter(ModelAdapter):
     description = "ConvNeXt: ConvNextModel, ConvNextForImageClassification"
     grn: str | None = None
     layer_scale: str | None = "layer_scale_parameter"
+    #: where the stages are (relative to the base model), and the names inside a stage and a block
+    stages_path: str = "encoder.stages"
+    downsampling: str = "downsampling_layer"
+    pointwise1: str = "pwconv1"
+    pointwise2: str = "pwconv2"
+    #: whether the first stage's downsampling conv is the stem (which stays dense)
+    stem_in_first_stage: bool = False
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
         base = getattr(model, "base_model", model)
         self._prefix = next((name + "." for name, child in model.named_children() if child is base), "")
         try:
-            self._stages = model.get_submodule(self._prefix + "encoder.stages")
+            self._stages = model.get_submodule(self._prefix + self.stages_path)
         except AttributeError:
             raise UnsupportedModelError(
-                f"The {self.family} adapter found no 'encoder.stages' in {type(model).__name__}; prune it with targets= regexes, "
-                "e.g. MagnitudeConfig(sparsity=0.5, targets=[r'pwconv\\d$'])."
+                f"The {self.family} adapter found no {self.stages_path!r} in {type(model).__name__}; prune it with targets= regexes, "
+                f"e.g. MagnitudeConfig(sparsity=0.5, targets=[r'{self.pointwise1[:-1]}\\d$'])."
             ) from None
         for _, block in self.blocks()[:1]:
-            for rel in ("pwconv1", "pwconv2"):
+            for rel in (self.pointwise1, self.pointwise2):
                 if not isinstance(getattr(block, rel, None), nn.Linear):
                     raise UnsupportedModelError(
                         f"The {self.family} adapter expected {rel} to be nn.Linear in {type(block).__name__}; "
@@ -50,16 +57,18 @@ class ConvNextAdapter(ModelAdapter):
         out = []
         for s, stage in enumerate(self._stages):
             for j, block in enumerate(stage.layers):
-                out.append((f"{self._prefix}encoder.stages.{s}.layers.{j}", block))
+                out.append((f"{self._prefix}{self.stages_path}.{s}.layers.{j}", block))
         return out
 
     def downsampling_layers(self) -> list[tuple[str, nn.Module, int]]:
-        """``(name, conv, stage index)`` of every stage's downsampling conv."""
+        """``(name, conv, stage index)`` of every stage's downsampling conv (not the stem)."""
         out = []
         for s, stage in enumerate(self._stages):
-            for k, module in enumerate(stage.downsampling_layer):
+            if s == 0 and self.stem_in_first_stage:
+                continue
+            for k, module in enumerate(getattr(stage, self.downsampling)):
                 if isinstance(module, nn.Conv2d):
-                    out.append((f"{self._prefix}encoder.stages.{s}.downsampling_layer.{k}", module, s))
+                    out.append((f"{self._prefix}{self.stages_path}.{s}.{self.downsampling}.{k}", module, s))
         return out
 
     def prunable_layers(self) -> list[PrunableLayer]:
@@ -68,14 +77,14 @@ class ConvNextAdapter(ModelAdapter):
         first_block_of_stage = {}
         for index, (name, _) in enumerate(blocks):
             first_block_of_stage.setdefault(name.split(".layers.")[0], index)
-        downsample = {name.split(".downsampling_layer.")[0]: (name, module) for name, module, _ in self.downsampling_layers()}
+        downsample = {name.split(f".{self.downsampling}.")[0]: (name, module) for name, module, _ in self.downsampling_layers()}
         for index, (name, block) in enumerate(blocks):
             stage = name.split(".layers.")[0]
             if first_block_of_stage[stage] == index and stage in downsample:
                 ds_name, ds_module = downsample[stage]
                 layers.append(PrunableLayer(name=ds_name, module=ds_module, role="downsample", block=stage, block_index=None))
-            layers.append(PrunableLayer(name=f"{name}.pwconv1", module=block.pwconv1, role="mlp.fc1", block=name, block_index=index))
-            layers.append(PrunableLayer(name=f"{name}.pwconv2", module=block.pwconv2, role="mlp.fc2", block=name, block_index=index))
+            for rel, role in ((self.pointwise1, "mlp.fc1"), (self.pointwise2, "mlp.fc2")):
+                layers.append(PrunableLayer(name=f"{name}.{rel}", module=getattr(block, rel), role=role, block=name, block_index=index))
         return layers
 
     def structure_groups(self, kinds: Iterable[str] | None = None) -> list[StructureGroup]:
@@ -91,11 +100,11 @@ class ConvNextAdapter(ModelAdapter):
                     kind=CONV_CHANNEL,
                     block=name,
                     block_index=index,
-                    producers=[f"{name}.pwconv1"],
-                    consumers=[f"{name}.pwconv2"],
-                    num_units=block.pwconv1.out_features,
+                    producers=[f"{name}.{self.pointwise1}"],
+                    consumers=[f"{name}.{self.pointwise2}"],
+                    num_units=getattr(block, self.pointwise1).out_features,
                     extra_params=[(f"{name}.{self.grn}.weight", -1), (f"{name}.{self.grn}.bias", -1)] if self.grn else [],
-                    observe=f"{name}.pwconv2",
+                    observe=f"{name}.{self.pointwise2}",
                     layer_scale=f"{name}.{self.layer_scale}" if has_scale else None,
                     blocks_exact_fold=(
                         "ConvNeXtV2's GRN normalises the hidden channels across space between GELU and pwconv2, so a "

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from .base import ModelAdapter, PrunableLayer, UnsupportedModelError, supported_model_types
+
+__all__ = ["GenericAdapter", "describe_model"]
+
+
+def describe_model(model: nn.Module) -> str:
+    """``"ViTModel (model_type='vit')"``; a wrapped timm model also names its timm architecture and class."""
+    config = getattr(model, "config", None)
+    text = f"{type(model).__name__} (model_type={getattr(config, 'model_type', None)!r}"
+    architecture = getattr(config, "architecture", None)
+    timm_model = getattr(model, "timm_model", None)
+    if architecture is not None and isinstance(timm_model, nn.Module):
+        text += f", timm architecture {architecture!r}: a {type(timm_model).__name__}"
+    return text + ")"
 
 
 class GenericAdapter(ModelAdapter):
@@ -16,9 +31,9 @@ class GenericAdapter(ModelAdapter):
 
     def prunable_layers(self) -> list[PrunableLayer]:
         raise UnsupportedModelError(
-            f"hf_sparsify has no adapter for {type(self.model).__name__} "
-            f"(model_type={getattr(getattr(self.model, 'config', None), 'model_type', None)!r}). "
-            f"Supported model types: {', '.join(supported_model_types())}. "
+            f"hf_sparsify has no adapter for {describe_model(self.model)}. "
+            f"Supported model types: {', '.join(dict.fromkeys(supported_model_types()))} (timm_wrapper: timm's "
+            "VisionTransformer and ConvNeXt). "
             "To prune it anyway, name the layers with targets= regexes searched in module names, e.g. "
             "MagnitudeConfig(sparsity=0.5, targets=[r'\\.mlp\\.fc\\d$', r'attention\\.\\w_proj$']) "
             "or on the CLI --config with a \"targets\" list."

@@ -3,7 +3,8 @@
 VBP needs, for every hidden neuron of every MLP, the mean and the variance of its post-activation value over the
 calibration data, pooled over batch × tokens (ViT, DeiT, DINOv2) or batch × height × width (ConvNeXt). The
 post-activation value is the *input* of the MLP's consumer (``fc2``, ``down_proj`` = ``silu(gate)·up``,
-``pwconv2``), so a forward pre-hook on that module sees it as ``(..., units)``.
+``pwconv2``), so a forward pre-hook on that module sees it as ``(..., units)`` (a 1×1 ``nn.Conv2d`` consumer, as in
+timm's ConvNeXt with ``conv_mlp``, sees ``(batch, units, H, W)``: its channels are the units).
 
 Numerics: each batch is reduced in float64 with a two-pass formula (``mean``, then ``M2 = Σ(x - mean)²``) and
 merged into the running moments with Chan et al.'s pairwise update, which is Welford's algorithm applied to
@@ -181,6 +182,8 @@ class MomentObserver:
 
         def hook(module, inputs):
             values = inputs[0].detach()
+            if isinstance(module, nn.Conv2d):  # (batch, channels, H, W): the units are the channels
+                values = values.movedim(1, -1)
             if tokens is not None:
                 if values.dim() != 3:
                     raise ValueError(f"observing tokens {tokens} of {self.modules[key]} needs a (batch, tokens, units) input, got {tuple(values.shape)}")
@@ -206,7 +209,7 @@ class MomentObserver:
         units = {}
         for key, name in self.modules.items():
             module = self.model.get_submodule(name)
-            units[key] = getattr(module, "in_features", None)
+            units[key] = getattr(module, "in_features", getattr(module, "in_channels", None))
         for key in self.modules:
             if key not in self.moments:
                 if units[key] is None:

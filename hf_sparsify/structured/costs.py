@@ -54,24 +54,30 @@ class MacsUnavailableError(HfSparsifyError, ValueError):
     """The model's MACs per image cannot be counted (it does not take images): the message says why."""
 
 
-def attention_query_modules(adapter: ModelAdapter) -> list[str]:
-    """The query projections of the adapter's attention modules (``count_macs`` adds the attention products there)."""
+def attention_query_modules(adapter: ModelAdapter) -> dict[str, int]:
+    """The query projections of the adapter's attention modules (``count_macs`` adds the attention products there),
+    as ``{name: sections}``: a fused ``qkv`` projection holds 3 sections of which the query is one, a ``q_proj`` 1.
+    Iterating gives the names."""
     if adapter.family == "generic":
-        return []
-    return [g.producers[0] for g in adapter.structure_groups([ATTENTION_HEAD]) if g.kind == ATTENTION_HEAD]
+        return {}
+    return {g.producers[0]: g.sections(g.producers[0]) for g in adapter.structure_groups([ATTENTION_HEAD]) if g.kind == ATTENTION_HEAD}
+
+
+def _row_size(layer: nn.Module) -> int:
+    """Weights in one output row (channel) of a Linear / Conv2d: ``in_features``, or ``in_channels·kh·kw``."""
+    return layer.weight[0].numel()
+
+
+def _column_size(layer: nn.Module) -> int:
+    """Weights in one input column (channel) of a Linear / Conv2d: ``out_features``, or ``out_channels·kh·kw``."""
+    return layer.weight[:, 0].numel()
 
 
 def _image_input(model: nn.Module, device, dtype) -> torch.Tensor:
-    config = model.config
-    size = getattr(config, "image_size", None) or 224
-    if isinstance(size, (list, tuple)):
-        h, w = size[0], size[-1]
-    elif isinstance(size, dict):
-        h, w = size.get("height", 224), size.get("width", 224)
-    else:
-        h = w = int(size)
-    channels = getattr(config, "num_channels", 3)
-    return torch.zeros(1, channels, h, w, device=device, dtype=dtype)
+    from ..adapters import get_adapter
+
+    channels, height, width = get_adapter(model, allow_generic=True).image_input_shape()
+    return torch.zeros(1, channels, height, width, device=device, dtype=dtype)
 
 
 def macs_unavailable_reason(model: nn.Module) -> str | None:
@@ -91,13 +97,14 @@ def macs_unavailable_reason(model: nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, attention_modules: list[str] | None = None, *, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def count_macs(model: nn.Module, attention_modules: Sequence[str] | Mapping[str, int] | None = None, *, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """MACs per image of ``model``: one forward of a zero image (or of ``inputs``, one example) with hooks; works on
     the meta device.
 
     Args:
         attention_modules: query projections whose outputs give the attention products' size
-            (:func:`attention_query_modules`).
+            (:func:`attention_query_modules`); a mapping gives each one's sections (a fused ``qkv``: 3, of which
+            the query is one).
         inputs: keyword inputs of one example (``{"input_ids": ...}``) for models that do not take images.
 
     Returns:
@@ -135,12 +142,12 @@ def count_macs(model: nn.Module, attention_modules: list[str] | None = None, *, 
 
         return hook
 
-    def attention_hook(name):
+    def attention_hook(name, sections):
         def hook(module, args, output):
             # q·kᵀ and attn·v: 2 · tokens² · (heads·head_dim), with tokens and width read off the query projection.
             tokens = output.shape[-2] if output.dim() == 3 else output.shape[1]
             key = name + ".scores"
-            per_module[key] = per_module.get(key, 0) + 2 * tokens * tokens * output.shape[-1]
+            per_module[key] = per_module.get(key, 0) + 2 * tokens * tokens * (output.shape[-1] // sections)
             positions_of[key] = tokens
 
         return hook
@@ -148,8 +155,9 @@ def count_macs(model: nn.Module, attention_modules: list[str] | None = None, *, 
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_MODULE_TYPES):
             handles.append(module.register_forward_hook(linear_hook(name)))
-    for name in attention_modules or []:
-        handles.append(model.get_submodule(name).register_forward_hook(attention_hook(name)))
+    sections_of = dict(attention_modules) if isinstance(attention_modules, Mapping) else dict.fromkeys(attention_modules or [], 1)
+    for name, sections in sections_of.items():
+        handles.append(model.get_submodule(name).register_forward_hook(attention_hook(name, int(sections))))
     param = next(model.parameters())
     was_training = model.training
     try:
@@ -260,9 +268,9 @@ class MacsCost(LinearCostModel):
         for group in groups:
             macs = 0
             for name in group.producers:
-                macs += positions.get(name, 0) * model.get_submodule(name).in_features * group.unit_size
+                macs += positions.get(name, 0) * _row_size(model.get_submodule(name)) * group.rows_per_unit(name)
             for name in group.consumers:
-                macs += positions.get(name, 0) * model.get_submodule(name).out_features * group.unit_size
+                macs += positions.get(name, 0) * _column_size(model.get_submodule(name)) * group.unit_size
             if group.kind == ATTENTION_HEAD:
                 tokens = positions.get(group.producers[0] + ".scores", 0)
                 macs += 2 * tokens * tokens * group.unit_size
@@ -285,9 +293,9 @@ class ParamsCost(LinearCostModel):
             params = 0
             for name in group.producers:
                 layer = model.get_submodule(name)
-                params += (layer.in_features + (layer.bias is not None)) * group.unit_size
+                params += (_row_size(layer) + (layer.bias is not None)) * group.rows_per_unit(name)
             for name in group.consumers:
-                params += model.get_submodule(name).out_features * group.unit_size
+                params += _column_size(model.get_submodule(name)) * group.unit_size
             for name, dim in group.extra_params:
                 shape = model.get_parameter(name).shape
                 params += math.prod(size for i, size in enumerate(shape) if i != dim % len(shape)) * group.unit_size

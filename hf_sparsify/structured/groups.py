@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..adapters import ATTENTION_HEAD, CONV_CHANNEL, MLP_NEURON, ModelAdapter, StructureGroup, UnsupportedModelError
+from ..adapters.generic import describe_model
 from ..configuration import PruningConfigError
 
 __all__ = ["KIND_ALIASES", "KIND_NOUNS", "resolve_kinds", "select_groups", "group_names", "unit_scores", "group_output_scale", "output_scale"]
@@ -88,9 +89,9 @@ def select_groups(
     noun = _owner_noun(kinds)
     if adapter.family == "generic":
         raise UnsupportedModelError(
-            f"{method} prunes the {noun}s a model adapter knows, and {type(adapter.model).__name__} "
-            f"(model_type={getattr(getattr(adapter.model, 'config', None), 'model_type', None)!r}) has no adapter: "
-            f"{method} supports ViT, DeiT, DINOv2 and ConvNeXt(V2). targets= only selects among those {noun}s."
+            f"{method} prunes the {noun}s a model adapter knows, and {describe_model(adapter.model)} has no adapter: "
+            f"{method} supports ViT, DeiT, DINOv2, DINOv3, ConvNeXt(V2) and timm's VisionTransformer and ConvNeXt. "
+            f"targets= only selects among those {noun}s."
         )
     available = [g for g in adapter.structure_groups(kinds) if g.kind in kinds]
     if require_every_kind:
@@ -129,7 +130,7 @@ def unit_scores(row_scores: torch.Tensor, unit_size: int) -> torch.Tensor:
 def output_scale(consumer_weight: torch.Tensor, layer_scale: torch.Tensor | None = None) -> float:
     """Mean over the consumer's input columns of ``‖γ ⊙ W[:, j]‖²``, in float64: how much output variance one row
     of unit variance adds on average (``γ``: the LayerScale after the consumer, if any)."""
-    w = consumer_weight.detach().to(torch.float64)
+    w = consumer_weight.detach().to(torch.float64).flatten(1)  # a 1×1 Conv2d's (out, in, 1, 1) as (out, in)
     if layer_scale is not None:
         w = w * layer_scale.detach().to(torch.float64).reshape(-1, 1)
     return float(w.square().sum(0).mean()) if w.shape[1] else 0.0

@@ -6,7 +6,8 @@ which is saved in ``config.json``:
 
 * ``module_shapes``: ``{module name: {"type": "Linear", "in_features": .., "out_features": .., "bias": ..}}``
 * ``parameter_shapes``: ``{parameter name: [shape]}`` for other parameters (ConvNeXtV2's GRN)
-* ``module_attributes``: ``{module name: {"num_attention_heads": ..}}``
+* ``module_attributes``: ``{module name: {"num_attention_heads": ..}}`` (timm's attention: ``num_heads`` and
+  ``attn_dim``)
 * ``per_layer_config``: the transformers-native per-layer overrides (``intermediate_size``,
   ``num_attention_heads``, integer ``mlp_ratio``), written into the saved ``config.json`` so that plain
   transformers refuses the checkpoint loudly (AmbiguousGlobalPerLayerAttributeError) instead of re-initialising
@@ -124,10 +125,11 @@ def record_shapes(model: nn.Module) -> dict[str, Any]:
 
     module_attributes: dict[str, dict[str, int]] = {}
     for group in adapter.structure_groups() if adapter.family != "generic" else []:
-        if group.count_attribute:
-            value = getattr(model.get_submodule(group.name), group.count_attribute)
-            if value != getattr(skeleton.get_submodule(group.name), group.count_attribute):
-                module_attributes.setdefault(group.name, {})[group.count_attribute] = int(value)
+        attributes = ([group.count_attribute] if group.count_attribute else []) + list(group.size_attributes)
+        for attribute in attributes:
+            value = getattr(model.get_submodule(group.name), attribute)
+            if value != getattr(skeleton.get_submodule(group.name), attribute):
+                module_attributes.setdefault(group.name, {})[attribute] = int(value)
 
     for key, value in (
         ("module_shapes", module_shapes),

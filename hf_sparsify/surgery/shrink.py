@@ -21,13 +21,26 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _sliced_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+def _sliced_layer(layer: nn.Module, index: torch.Tensor, dim: int) -> nn.Module:
+    """A copy of an ``nn.Linear`` or ``nn.Conv2d`` (not grouped) keeping the output rows (``dim=0``) or input
+    columns (``dim=1``) ``index``."""
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        raise TypeError(f"cannot remove channels of a grouped convolution ({layer})")
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        raise TypeError(f"structured surgery supports nn.Linear and nn.Conv2d, not {type(layer).__name__}")
     index = index.to(layer.weight.device)
     weight = layer.weight.detach().index_select(dim, index).clone()
     bias = None
     if layer.bias is not None:
         bias = layer.bias.detach().clone() if dim == 1 else layer.bias.detach().index_select(0, index).clone()
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, **factory)
+    else:
+        new = nn.Conv2d(
+            weight.shape[1], weight.shape[0], kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
+            dilation=layer.dilation, bias=bias is not None, padding_mode=layer.padding_mode, **factory,
+        )
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
@@ -35,7 +48,17 @@ def _sliced_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear
     new.weight.requires_grad_(layer.weight.requires_grad)
     if bias is not None:
         new.bias.requires_grad_(layer.bias.requires_grad)
+    new.train(layer.training)
     return new
+
+
+def _pointwise_weight(layer: nn.Module, name: str) -> torch.Tensor:
+    """The 2-D ``(out, in)`` weight of an ``nn.Linear`` or a 1×1 ``nn.Conv2d`` without padding (a view)."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight
+    if isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1 and layer.padding in ((0, 0), "valid"):
+        return layer.weight.flatten(1)
+    raise TypeError(f"bias folding supports nn.Linear and 1x1 nn.Conv2d consumers, {name} is {layer}")
 
 
 @torch.no_grad()
@@ -56,9 +79,7 @@ def fold_into_bias(model: nn.Module, group: StructureGroup, units: torch.Tensor,
     rows = group.unit_rows(units)
     for name in group.consumers:
         layer = model.get_submodule(name)
-        if not isinstance(layer, nn.Linear):
-            raise TypeError(f"bias folding supports nn.Linear consumers, {name} is {type(layer).__name__}")
-        weight = layer.weight
+        weight = _pointwise_weight(layer, name)
         shift = weight[:, rows.to(weight.device)].double() @ values.to(weight.device).double()
         if layer.bias is None:
             layer.bias = nn.Parameter(torch.zeros(weight.shape[0], device=weight.device, dtype=weight.dtype))
@@ -70,17 +91,18 @@ def fold_into_bias(model: nn.Module, group: StructureGroup, units: torch.Tensor,
 def keep_units(model: nn.Module, group: StructureGroup, keep: torch.Tensor) -> StructureGroup:
     """Shrink the group to the units in ``keep`` (sorted, unique indices). Returns the updated group.
 
-    Producers lose rows (and bias entries), consumers lose input columns, extra parameters lose entries, and
-    the owner's count attribute (``num_attention_heads``) is updated.
+    Producers lose rows (and bias entries; every section of a fused producer), consumers lose input columns,
+    extra parameters lose entries, and the owner's count attribute (``num_attention_heads``) and size attributes
+    (timm's ``attn_dim``) are updated.
     """
     keep = torch.as_tensor(keep, dtype=torch.long).unique(sorted=True)
     if keep.numel() and (keep.min() < 0 or keep.max() >= group.num_units):
         raise IndexError(f"unit indices out of range for {group.name} ({group.num_units} units)")
     rows = group.unit_rows(keep)
     for name in group.producers:
-        _set_module(model, name, _sliced_linear(model.get_submodule(name), rows, dim=0))
+        _set_module(model, name, _sliced_layer(model.get_submodule(name), group.producer_rows(name, keep), dim=0))
     for name in group.consumers:
-        _set_module(model, name, _sliced_linear(model.get_submodule(name), rows, dim=1))
+        _set_module(model, name, _sliced_layer(model.get_submodule(name), rows, dim=1))
     for param_name, dim in group.extra_params:
         owner_name, _, attr = param_name.rpartition(".")
         owner = model.get_submodule(owner_name)
@@ -89,6 +111,8 @@ def keep_units(model: nn.Module, group: StructureGroup, keep: torch.Tensor) -> S
         setattr(owner, attr, new)
     if group.count_attribute:
         setattr(model.get_submodule(group.name), group.count_attribute, int(keep.numel()))
+    for attribute, factor in group.size_attributes.items():
+        setattr(model.get_submodule(group.name), attribute, int(keep.numel()) * int(factor))
     group.num_units = int(keep.numel())
     return group
 

@@ -74,6 +74,9 @@ class GradientFisherConfig(PruningConfig):
     default_num_grads: ClassVar[int] = 1024
     demo_settings: ClassVar[dict[str, Any]] = _DEMO
     quick_settings: ClassVar[dict[str, Any]] = _QUICK
+    #: without labels (a backbone: Dinov2Model, DINOv3ViTModel, TimmWrapperModel) the gradients come from the
+    #: label-free feature-matching loss
+    label_free_settings: ClassVar[dict[str, Any] | None] = {"loss": "features"}
 
     sparsity: float = field(default=0.5, metadata={"help": "fraction of the targeted weights removed, in [0, 1)"})
     mask_structure: str = field(

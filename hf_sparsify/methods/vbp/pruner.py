@@ -98,7 +98,7 @@ class VBPPruner(StructuredPruner):
         variance = self._moments[group.name].variance.cpu()
         gone = torch.zeros(variance.numel(), dtype=torch.bool)
         gone[removed] = True
-        w2 = model.get_submodule(group.consumers[0]).weight.detach().double().cpu()
+        w2 = model.get_submodule(group.consumers[0]).weight.detach().double().cpu().flatten(1)  # 1x1 Conv2d: (out, in)
         return {
             "removed_variance_fraction": float(variance[gone].sum() / variance.sum()) if variance.sum() > 0 else 0.0,
             "max_removed_variance": float(variance[gone].max()) if gone.any() else None,
