@@ -66,6 +66,10 @@ class Elimination:
     breakdowns: int = 0
 
 
+#: rank-1 downdates gathered before they are applied to the inverse blocks with one batched product
+LAZY_DOWNDATES = 32
+
+
 @torch.no_grad()
 def greedy_eliminate(
     weights: torch.Tensor,
@@ -73,22 +77,30 @@ def greedy_eliminate(
     pruned: torch.Tensor | None = None,
     *,
     nm: tuple[int, int] | None = None,
+    lazy: int = LAZY_DOWNDATES,
 ) -> Elimination:
     """Greedy OBS elimination of every block of a chunk.
 
+    The downdates ``H⁻¹ -= u uᵀ`` are applied lazily: the scores only need the diagonal (updated at every step,
+    ``O(B)``) and the pivot's row (the last applied row minus the pending ``u``'s, ``O(lazy·B)``); every ``lazy``
+    steps the pending downdates are applied with one batched matrix product, so the ``O(B³)`` work runs at the
+    machine's matmul rate instead of ``B`` memory-bound rank-1 updates.
+
     Args:
         weights: ``(n, B)`` block weights (not modified).
-        hinv: ``(n, B, B)`` inverse Fisher blocks, **overwritten** (downdated); pass a copy to keep them. Their
-            dtype is the compute dtype.
+        hinv: ``(n, B, B)`` inverse Fisher blocks, **overwritten** (used as workspace); pass a copy to keep them.
+            Their dtype is the compute dtype.
         pruned: ``(n, B)`` bool, already-pruned weights (eliminated first at zero cost); default ``weights == 0``.
         nm: ``(M, quota)``: stop each group of ``M`` consecutive weights once ``quota`` of its weights are
             removed (``quota = M − N`` for an ``N:M`` mask). ``None``: eliminate every weight (``S = B``).
+        lazy: downdates gathered before they are applied (``1``: one rank-1 update per step).
 
     Returns:
         An :class:`Elimination`.
     """
     n, b = weights.shape
     dtype, device = hinv.dtype, hinv.device
+    lazy = max(1, min(int(lazy), b))
     w = weights.to(device=device, dtype=dtype, copy=True)
     forced = (w == 0) if pruned is None else pruned.to(device=device, dtype=torch.bool)
     done = torch.zeros(n, b, dtype=torch.bool, device=device)
@@ -107,7 +119,9 @@ def greedy_eliminate(
             raise ValueError(f"the block size {b} is not a multiple of M={m}")
         group_of = torch.arange(b, device=device) // m
         removed_in_group = torch.zeros(n, b // m, dtype=torch.long, device=device)
-    diag = hinv.diagonal(dim1=1, dim2=2)
+    diag = hinv.diagonal(dim1=1, dim2=2).clone()  # the current diagonal, downdated at every step
+    pending_u = torch.empty(n, lazy, b, dtype=dtype, device=device)  # downdates not yet applied to hinv
+    num_pending = 0
     for step in range(b):
         pending = forced & ~done
         has_forced = pending.any(1)
@@ -128,11 +142,21 @@ def greedy_eliminate(
         live = active & healthy
         loss = torch.where(live & ~has_forced, wp * wp / d, zero)
         cum += loss / 2
-        # OBS update with the pivot's row (= column) of H⁻¹, then the symmetric downdate u uᵀ, u = H⁻¹[p] / √d
+        # the pivot's row (= column) of the current H⁻¹: the applied row minus the pending downdates
+        row = hinv[rows, p]
+        if num_pending:
+            coef = pending_u[rows, :num_pending, p]  # (n, k): u_s[p]
+            row = row.unsqueeze(1).baddbmm(coef.unsqueeze(1), pending_u[:, :num_pending], alpha=-1).squeeze(1)
+        # OBS update of the weights, then the symmetric downdate u uᵀ, u = H⁻¹[p] / √d (pending)
         r = torch.where(live, d.clamp_min(tiny).rsqrt(), zero)
-        u = hinv[rows, p] * r[:, None]
+        u = row.mul_(r[:, None])
         w.addcmul_(u, (wp * r)[:, None], value=-1)
-        hinv.addcmul_(u[:, :, None], u[:, None, :], value=-1)
+        diag.addcmul_(u, u, value=-1)
+        pending_u[:, num_pending] = u
+        num_pending += 1
+        if num_pending == lazy:
+            hinv.baddbmm_(pending_u.transpose(1, 2), pending_u, alpha=-1)
+            num_pending = 0
         act = rows[active]
         done[act, p[active]] = True
         w.masked_fill_(done, 0)
@@ -141,6 +165,8 @@ def greedy_eliminate(
         order[:, step] = torch.where(active, p, torch.full_like(p, -1))
         cumloss[:, step] = cum
         steps += active.long()
+    if num_pending:
+        hinv.baddbmm_(pending_u[:, :num_pending].transpose(1, 2), pending_u[:, :num_pending], alpha=-1)
     return Elimination(
         order=order,
         cumloss=cumloss,

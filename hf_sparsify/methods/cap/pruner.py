@@ -330,6 +330,17 @@ class _BlockFisherPruner(_GradientFisherPruner):
         global_selection = config.sparsity_distribution == "global" and config.nm is None
         return num_groups * (2 if global_selection and num_groups > 1 else 1)
 
+    def _scratch(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A workspace of ``shape`` kept across chunks and layers: a fresh allocation of hundreds of MiB is
+        page-faulted in at every use (glibc returns large blocks to the system), which costs as much as the
+        elimination itself on some machines."""
+        numel = math.prod(shape)
+        cached = getattr(self, "_scratch_buffer", None)
+        if cached is None or cached.dtype != dtype or cached.device != device or cached.numel() < numel:
+            cached = self._scratch_buffer = None
+            cached = self._scratch_buffer = torch.empty(numel, dtype=dtype, device=device)
+        return cached[:numel].view(shape)
+
     def _chunk(self, block_size: int, device: torch.device, itemsize: int) -> int:
         config: BlockFisherConfig = self.config
         if config.blocks_in_parallel > 0:
@@ -401,6 +412,7 @@ class _BlockFisherPruner(_GradientFisherPruner):
             for t in targets:
                 self._write(t, new_blocks.pop(t.name))
                 breakdowns[t.name] = breakdowns.get(t.name, 0) + analyses[t.name].get("breakdowns", 0)
+        self._scratch_buffer = None
         self._record(targets, result, inverse_info, {name: {"pivot_breakdowns": n} for name, n in breakdowns.items() if n})
         return result
 
@@ -477,8 +489,10 @@ class CAPPruner(_BlockFisherPruner):
         weights = torch.empty_like(st.blocks) if nm_quota is not None else None
         breakdowns = 0
         with result.timed("elimination"):
+            work = self._scratch((min(size, n), b, b), dtype, hinv.device)  # reused: fresh memory costs page faults
             for start, stop in chunks(n, size):
-                elim = greedy_eliminate(st.blocks[start:stop], hinv[start:stop].clone(), st.blocks[start:stop] == 0, nm=nm_quota)
+                copy = work[: stop - start].copy_(hinv[start:stop])
+                elim = greedy_eliminate(st.blocks[start:stop], copy, st.blocks[start:stop] == 0, nm=nm_quota)
                 steps = elim.order.shape[1]
                 order[start:stop] = -1
                 order[start:stop, :steps] = elim.order.to(order.dtype)

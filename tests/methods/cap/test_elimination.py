@@ -90,3 +90,20 @@ def test_explicit_pruned_mask_and_inputs_untouched():
     result = greedy_eliminate(weights, hinv.clone(), pruned)
     assert torch.equal(weights, before)
     assert (result.order[:, 0] == 0).all() and (result.num_forced == 1).all()
+
+
+@pytest.mark.parametrize("lazy", [1, 5, 32])
+@pytest.mark.parametrize("nm", [None, (4, 2)])
+def test_lazy_downdates_give_the_order_and_losses_of_rank_one_updates(lazy, nm):
+    # the downdates are gathered `lazy` steps at a time: the same path as one rank-1 update per step
+    w, grads, sums = random_problem(num_blocks=5, block=40, num_grads=60, seed=7)
+    hinv, _ = block_fisher_inverse(sums.clone(), grads.shape[0], DAMP)
+    eager = greedy_eliminate(torch.from_numpy(w), hinv.clone(), nm=nm, lazy=1)
+    result = greedy_eliminate(torch.from_numpy(w), hinv.clone(), nm=nm, lazy=lazy)
+    assert torch.equal(result.order, eager.order)
+    torch.testing.assert_close(result.cumloss, eager.cumloss, rtol=1e-10, atol=0)
+    torch.testing.assert_close(result.weights, eager.weights, rtol=1e-9, atol=1e-12)
+    for b in range(2):
+        order, cumloss, traces = oracles.obs_eliminate(w[b], oracles.damped_fisher(grads[:, b], DAMP), w[b] == 0, nm)
+        assert result.order[b, : len(order)].tolist() == order
+        assert rel_err(result.cumloss[b, : len(cumloss)].numpy(), cumloss) < 1e-6

@@ -1,5 +1,6 @@
 """Batched Cholesky inverses of the damped Fisher blocks equal the reference's per-gradient Sherman–Morrison."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,35 @@ def test_non_finite_fisher_names_the_layer():
 def test_invalid_damp_or_count(damp, num_grads):
     with pytest.raises(ValueError):
         block_fisher_inverse(torch.eye(2).expand(1, 2, 2).clone(), num_grads, damp)
+
+
+@pytest.mark.parametrize("block", [49, 96, 192])
+def test_schur_complement_inverse_equals_the_oracle_above_the_lapack_size(block):
+    # blocks larger than SCHUR_BASE are inverted by Schur complements with batched products
+    from hf_sparsify.methods.cap.inverse import SCHUR_BASE
+
+    assert block > SCHUR_BASE
+    w, grads, sums = random_problem(num_blocks=3, block=block, num_grads=block + 16)
+    hinv, info = block_fisher_inverse(sums.clone(), grads.shape[0], 1e-4)
+    assert info.redamped_blocks == 0
+    for b in range(3):
+        expected = np.linalg.inv(oracles.damped_fisher(grads[:, b], 1e-4))
+        assert rel_err(hinv[b].numpy(), expected) < 1e-8
+    # already-pruned coordinates stay decoupled through the Schur complements
+    assert torch.count_nonzero(hinv[0, 1]).item() == 1
+    assert torch.allclose(hinv[2], torch.eye(block, dtype=torch.float64) / 1e-4)
+
+
+def test_schur_complement_inverse_detects_a_block_that_is_not_positive_definite():
+    # the negative eigenvalue sits in the Schur complement, not in the leading sub-block
+    from hf_sparsify.methods.cap.inverse import spd_inverse
+
+    q, _ = torch.linalg.qr(torch.randn(100, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    eigenvalues = torch.ones(100, dtype=torch.float64)
+    eigenvalues[-1] = -1e-6
+    bad = q @ torch.diag(eigenvalues) @ q.T
+    good = torch.eye(100, dtype=torch.float64)
+    inverse, info = spd_inverse(torch.stack([good, bad]), name="fc1")
+    assert info.redamped_blocks == 1 and 0 < info.max_extra_damping <= 1e-4
+    assert torch.allclose(inverse[0], good)
+    assert bool(torch.linalg.eigvalsh(inverse[1]).min() > 0)
