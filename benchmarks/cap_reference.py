@@ -66,7 +66,7 @@ def select_from_traces(traces_and_losses: list[tuple[torch.Tensor, torch.Tensor]
         forced = traces[0] == 0
         scores.append(losses.masked_fill(forced.to(losses.device), float("-inf")).reshape(-1))
     flat = torch.cat(scores)
-    order = torch.sort(flat.float(), stable=True).indices[:num_remove]
+    order = torch.sort(flat, stable=True).indices[:num_remove]  # in the losses' own precision
     chosen = torch.zeros_like(flat, dtype=torch.bool)
     chosen[order] = True
     out, start = [], 0

@@ -26,6 +26,7 @@ from .errors import HfSparsifyError
 
 __all__ = [
     "CalibrationData",
+    "CalibrationWindow",
     "CalibrationDataError",
     "check_dataset_labels",
     "load_image_dataset",
@@ -338,9 +339,12 @@ def _validate(batch: dict[str, torch.Tensor], num_channels: int | None) -> None:
 class CalibrationData:
     """Re-iterable calibration batches (dicts with ``pixel_values`` and optionally ``labels``).
 
-    Build it with :meth:`from_source`. Iterating yields at most ``num_samples`` samples. For a Dataset the
-    samples are a seeded random subset; :meth:`iter_batches` can draw more batches than one pass holds (it
-    reshuffles with a new seed for each pass), which gradient-based methods use.
+    Build it with :meth:`from_source`; the batch size is fixed there. Iterating yields one pass: at most
+    ``num_samples`` samples (for a Dataset a seeded random subset). Gradient-based methods read an endless stream
+    of batches, pass after pass (a Dataset is re-drawn with a new seed for each pass; another re-iterable source
+    is iterated again): :meth:`window` gives batches ``start`` to ``stop − 1`` of that stream, and builds only the
+    batches asked for (a Dataset's skipped rows are not read or preprocessed), so that recomputation steps and
+    processes each build their own batches once.
     """
 
     def __init__(
@@ -353,6 +357,8 @@ class CalibrationData:
         num_channels: int | None = None,
         source_length: int | None = None,
         batch_size: int | None = None,
+        lazy_factory: Callable[[int], Iterator[tuple[int, Callable[[], dict[str, torch.Tensor]]]]] | None = None,
+        batches_per_pass: int | None = None,
     ):
         self._factory = factory
         self.num_samples = num_samples
@@ -361,8 +367,11 @@ class CalibrationData:
         self.num_channels = num_channels
         self.source_length = source_length
         self.batch_size = batch_size
+        self._lazy_factory = lazy_factory
+        self._per_pass = batches_per_pass
         self._passes = 0
         self._pending = None
+        self._cursor: tuple[int, int, Iterator] | None = None  # (pass, next stream index, live pass) to continue
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
@@ -410,11 +419,21 @@ class CalibrationData:
             length = len(source)
             n = min(num_samples, length) if num_samples else length
 
-            def factory(pass_index: int, *, size: int | None = None, bs: int | None = None):
-                idx = random_indices(length, size or n, seed + pass_index)
-                return dataset_batches(source, idx, bs or batch_size, processor, image_column=image_column, label_column=label_column)
+            def lazy_factory(pass_index: int):
+                # batch j of pass p holds rows idx[j·bs:(j+1)·bs] of the pass's seeded permutation: a batch that is
+                # skipped is never read or preprocessed
+                idx = random_indices(length, n, seed + pass_index)
+                for position, start in enumerate(range(0, len(idx), batch_size)):
+                    rows = idx[start : start + batch_size]
+                    yield position, lambda rows=rows: next(dataset_batches(source, rows, batch_size, processor, image_column=image_column, label_column=label_column))
 
-            return cls(factory, num_samples=n, has_labels=label_column is not None, num_channels=num_channels, source_length=length, batch_size=batch_size)
+            def factory(pass_index: int):
+                return (build() for _, build in lazy_factory(pass_index))
+
+            return cls(
+                factory, num_samples=n, has_labels=label_column is not None, num_channels=num_channels, source_length=length,
+                batch_size=batch_size, lazy_factory=lazy_factory, batches_per_pass=-(-n // batch_size),
+            )  # fmt: skip
         if isinstance(source, dict):
             source = [source]
         if isinstance(source, torch.Tensor):
@@ -426,7 +445,7 @@ class CalibrationData:
             )
         reiterable = iter(source) is not source  # generators and iterators are one-shot
 
-        def factory(pass_index: int, **_):
+        def factory(pass_index: int):
             seen = 0
             for item in source:
                 batch = _to_batch(item)
@@ -439,8 +458,12 @@ class CalibrationData:
                 seen += batch["pixel_values"].shape[0]
                 yield batch
 
-        # has_labels=None: read off the first batch in _check
-        return cls(factory, num_samples=num_samples, has_labels=None, reiterable=reiterable, num_channels=num_channels)
+        # has_labels=None: read off the first batch in _check; the batch size: the DataLoader's, else the first batch's
+        source_batch_size = getattr(source, "batch_size", None)
+        return cls(
+            factory, num_samples=num_samples, has_labels=None, reiterable=reiterable, num_channels=num_channels,
+            batch_size=source_batch_size if isinstance(source_batch_size, int) else None,
+        )  # fmt: skip
 
     def _check(self, *, needs_labels: bool, method: str, missing_labels_message: str | None = None) -> None:
         if self.has_labels is None:
@@ -461,46 +484,127 @@ class CalibrationData:
             )
 
     # ------------------------------------------------------------------------------------------ iteration
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self._pass(0)
+    @property
+    def rebatchable(self) -> bool:
+        """Whether the batches are cut by this object (a Dataset), so that any batch size can be asked for at
+        construction; DataLoaders and lists of batches keep their own batches."""
+        return self.source_length is not None
 
-    def _pass(self, pass_index: int, **kwargs) -> Iterator[dict[str, torch.Tensor]]:
+    def source_batch_size(self) -> int | None:
+        """Images per batch: the size asked for at construction (Dataset), else the DataLoader's ``batch_size``,
+        else the size of the first batch."""
+        if self.batch_size is None:
+            if self._pending is not None:
+                first = self._pending[0]
+            elif self.reiterable:
+                first = next(iter(self._factory(0)), None)
+            else:
+                first = None
+            if first is not None:
+                self.batch_size = int(_to_batch(first)["pixel_values"].shape[0])
+        return self.batch_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return (build() for _, build in self._lazy_pass(0))
+
+    def _lazy_pass(self, pass_index: int) -> Iterator[tuple[int, Callable[[], dict[str, torch.Tensor]]]]:
+        """``(position, build)`` for every batch of pass ``pass_index``; ``build()`` makes and validates the batch."""
         pending = self._pending
         if pending is not None:
             self._pending = None
-            first, rest = pending
-            yield first
-            for batch in rest:
-                _validate(batch, self.num_channels)
-                yield batch
             self._passes += 1
+            first, rest = pending
+            yield 0, lambda: first  # validated by _check
+            count = 1
+            for position, batch in enumerate(rest, 1):
+                count = position + 1
+                yield position, lambda batch=batch: self._validated(batch)
+            self._per_pass = self._per_pass or count
             return
         if not self.reiterable and self._passes > 0:
             raise CalibrationDataError(
                 "calibration_data is a one-shot iterator (a generator) and was already consumed; pass a list, a DataLoader or a Dataset."
             )
-        count = 0
-        for batch in self._factory(pass_index, **kwargs):
-            _validate(batch, self.num_channels)
-            count += 1
-            yield batch
         self._passes += 1
+        if self._lazy_factory is not None:
+            items = self._lazy_factory(pass_index)
+        else:
+            items = ((position, (lambda batch=batch: batch)) for position, batch in enumerate(self._factory(pass_index)))
+        count = 0
+        for position, build in items:
+            count += 1
+            yield position, lambda build=build: self._validated(build())
         if count == 0:
             raise CalibrationDataError("calibration_data is empty: it yielded no batch.")
+        self._per_pass = self._per_pass or count
 
-    def iter_batches(self, num_batches: int, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """Exactly ``num_batches`` batches, making further passes over the data when one pass is too short
-        (a Dataset is re-drawn with a new seed each pass; a re-iterable source is iterated again)."""
-        produced = 0
-        pass_index = 0
-        while produced < num_batches:
-            before = produced
-            kwargs = {"bs": batch_size} if batch_size is not None and self.source_length is not None else {}
-            for batch in self._pass(pass_index, **kwargs):
-                yield batch
-                produced += 1
-                if produced >= num_batches:
+    def _validated(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        _validate(batch, self.num_channels)
+        return batch
+
+    def _pass(self, pass_index: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Every batch of pass ``pass_index``, built."""
+        return (build() for _, build in self._lazy_pass(pass_index))
+
+    def indexed_batches(self, start: int, stop: int, *, process_index: int = 0, num_processes: int = 1) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """``(index, batch)`` for the batches ``start`` to ``stop − 1`` of the endless stream (pass after pass)
+        whose index ``i`` has ``i % num_processes == process_index``; the others are not built.
+
+        Reading on where the previous call stopped continues the same pass (no batch is drawn twice); another
+        start re-creates its pass and skips to it (for a Dataset, without reading the skipped rows).
+        """
+        if start < 0 or stop < start:
+            raise ValueError(f"a window of the calibration stream needs 0 ≤ start ≤ stop, got {start}, {stop}")
+        cursor, self._cursor = self._cursor, None
+        if cursor is not None and cursor[1] == start:
+            pass_index, index, live = cursor
+        else:
+            pass_index = start // self._per_pass if self._per_pass else 0
+            index, live = pass_index * (self._per_pass or 0), None
+        while index < stop:
+            fresh = live is None
+            if fresh:
+                live = self._lazy_pass(pass_index)
+            produced = False
+            for _, build in live:
+                produced = True
+                if index >= start and index % num_processes == process_index:
+                    yield index, build()
+                index += 1
+                if index >= stop:
+                    self._cursor = (pass_index, index, live)
                     return
-            pass_index += 1
-            if produced == before:
+            if fresh and not produced:
                 raise CalibrationDataError("calibration_data yielded no batch.")
+            pass_index, live = pass_index + 1, None
+
+    def window(self, start: int, stop: int) -> "CalibrationWindow":
+        """Batches ``start`` to ``stop − 1`` of the stream, as an iterable with a length that the gradient engine
+        shares among processes without building the other processes' batches."""
+        return CalibrationWindow(self, start, stop)
+
+    def iter_batches(self, num_batches: int, *, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Exactly ``num_batches`` batches from batch ``start`` of the stream, making further passes over the data
+        when one pass is too short (a Dataset is re-drawn with a new seed each pass; a re-iterable source is
+        iterated again)."""
+        return (batch for _, batch in self.indexed_batches(start, start + num_batches))
+
+
+class CalibrationWindow:
+    """Batches ``start`` to ``stop − 1`` of a :class:`CalibrationData` stream (see :meth:`CalibrationData.window`).
+
+    Iterating builds them all; :meth:`indexed` builds one process's share only.
+    """
+
+    def __init__(self, data: CalibrationData, start: int, stop: int):
+        self.data, self.start, self.stop = data, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return (batch for _, batch in self.indexed())
+
+    def indexed(self, process_index: int = 0, num_processes: int = 1) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """``(index, batch)`` of the window's batches whose index ``i`` has ``i % num_processes == process_index``."""
+        return self.data.indexed_batches(self.start, self.stop, process_index=process_index, num_processes=num_processes)

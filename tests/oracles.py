@@ -146,6 +146,28 @@ def woodfisher_prune_layers(layers, num_remove: int):
     return out
 
 
+def woodfisher_nm_prune_layers(layers, nm: tuple[int, int]):
+    """WoodFisher with an N:M mask ``nm = (N, M)``: in every group of M consecutive weights of a block, remove the
+    already-zero weights and the lowest saliencies ``w²/(2[F⁻¹]_jj)`` until M − N are removed (ties by position),
+    then add up the single-weight OBS updates of the removed weights of the block."""
+    n_keep, m = nm
+    out = []
+    for ws, fs in layers:
+        new = ws.astype(np.float64).copy()
+        for block, (w, f) in enumerate(zip(ws, fs)):
+            inv = np.linalg.inv(f)
+            chosen = []
+            for start in range(0, len(w), m):
+                scores = sorted((-np.inf if w[j] == 0 else w[j] ** 2 / (2 * inv[j, j]), j) for j in range(start, start + m))
+                zeros = [j for j in range(start, start + m) if w[j] == 0]
+                chosen += sorted(set(j for _, j in scores[: m - n_keep]) | set(zeros))
+            for j in chosen:
+                new[block] -= (w[j] / inv[j, j]) * inv[:, j]
+            new[block, chosen] = 0.0
+        out.append(new)
+    return out
+
+
 def fastcap_prune(weights: np.ndarray, fisher_sum: np.ndarray, num_grads: int, sparsity: float, damp: float,
                   nm: tuple[int, int] | None = None, columns_per_step: int | None = None) -> np.ndarray:
     """FastCAP on one layer viewed as rows of B weights, column by column.

@@ -143,3 +143,61 @@ def test_an_empty_dataset_is_refused_when_loaded(tmp_path):
     for source in (tmp_path / "train.parquet", tmp_path):
         with pytest.raises(CalibrationDataError, match="holds no rows"):
             load_image_dataset(source, split="train")
+
+
+class _CountingProcessor(_Processor):
+    """Counts the images it preprocesses."""
+
+    def __init__(self):
+        self.images = 0
+
+    def __call__(self, images, return_tensors="pt"):
+        self.images += len(images)
+        return super().__call__(images, return_tensors)
+
+
+def _labels(batches):
+    return [[int(x) for x in b["labels"]] for b in batches]
+
+
+def test_a_window_builds_only_its_batches_and_continues_the_pass():
+    ds = _sorted_dataset()  # 80 rows
+    processor = _CountingProcessor()
+    data = CalibrationData.from_source(ds, image_processor=processor, batch_size=8, num_samples=24, seed=0)  # 3 batches a pass
+    reference = _labels(CalibrationData.from_source(ds, image_processor=_Processor(), batch_size=8, num_samples=24, seed=0).iter_batches(10))
+    processor.images = 0
+    window = data.window(4, 7)  # pass 1 (batches 3..5) is skipped to its second batch; pass 2 starts
+    assert len(window) == 3 and _labels(window) == reference[4:7]
+    assert processor.images == 3 * 8  # the skipped batches were not preprocessed
+    assert _labels(data.window(7, 10)) == reference[7:10] and processor.images == 6 * 8  # continued, not redrawn
+    assert _labels(data.window(4, 7)) == reference[4:7]  # the same window again: the same batches
+    assert _labels(data.iter_batches(2, start=1)) == reference[1:3]
+
+
+def test_each_process_builds_only_its_share_of_a_window():
+    ds = _sorted_dataset()
+    processor = _CountingProcessor()
+    data = CalibrationData.from_source(ds, image_processor=processor, batch_size=8, num_samples=24, seed=0)
+    processor.images = 0
+    share = list(data.window(0, 6).indexed(process_index=1, num_processes=2))
+    assert [i for i, _ in share] == [1, 3, 5] and processor.images == 3 * 8
+    whole = _labels(data.window(0, 6))
+    assert _labels(b for _, b in share) == whole[1::2]
+
+
+def test_windows_of_lists_dataloaders_and_generators():
+    import torch
+
+    batches = [{"pixel_values": torch.full((2, 3, 8, 8), float(i)), "labels": torch.tensor([i, i])} for i in range(3)]
+    data = CalibrationData.from_source(batches)
+    assert [int(b["labels"][0]) for b in data.window(2, 7)] == [2, 0, 1, 2, 0]  # pass after pass
+    assert data.source_batch_size() == 2 and not data.rebatchable
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 3, 8, 8), torch.arange(10)), batch_size=4)
+    assert CalibrationData.from_source(loader).source_batch_size() == 4
+    assert CalibrationData.from_source(_sorted_dataset(), image_processor=_Processor(), batch_size=8).rebatchable
+    # a one-shot generator: consecutive windows continue it; going back is refused
+    generator = CalibrationData.from_source(b for b in batches)
+    assert [int(b["labels"][0]) for b in generator.window(0, 2)] == [0, 1]
+    assert [int(b["labels"][0]) for b in generator.window(2, 3)] == [2]
+    with pytest.raises(CalibrationDataError, match="one-shot"):
+        list(generator.window(0, 1))

@@ -53,9 +53,21 @@ def shard_batches(batches: Iterable[T], state=None) -> Iterator[T]:
 
 
 @torch.no_grad()
-def all_reduce_sum(tensor: torch.Tensor, state=None) -> torch.Tensor:
-    """Sum ``tensor`` over all processes, in place (float64 stays float64; gloo and NCCL both work)."""
+def all_reduce_sum(tensor: torch.Tensor, state=None, *, via: torch.device | str | None = None) -> torch.Tensor:
+    """Sum ``tensor`` over all processes, in place (float64 stays float64; gloo and NCCL both work).
+
+    ``via``: the device a CPU tensor is staged on, in pieces of 64M entries, when the backend (NCCL) only reduces
+    GPU tensors (statistics kept on the CPU to save GPU memory).
+    """
     state = state or distributed_state()
-    if state.num_processes > 1:
+    if state.num_processes == 1:
+        return tensor
+    staging = torch.device(via) if via is not None else None
+    if tensor.device.type == "cpu" and staging is not None and staging.type != "cpu" and torch.distributed.get_backend() == "nccl":
+        for piece in tensor.view(-1).split(1 << 26):
+            staged = piece.to(staging)
+            torch.distributed.all_reduce(staged, op=torch.distributed.ReduceOp.SUM)
+            piece.copy_(staged)
+    else:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor

@@ -5,6 +5,7 @@ A mask is a bool tensor shaped like the weight, ``True`` where the weight is *ke
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -23,14 +24,16 @@ __all__ = [
 def lowest_k_masks(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Masks that remove exactly the ``k`` lowest scores across all tensors (one global ranking).
 
-    Ties are broken by position (earlier tensor, then earlier index), so the count is exact. Returns one
-    keep-mask per score tensor, on the device of the scores.
+    The scores are ranked in their own precision (the widest dtype among them: float64 scores are not rounded to
+    float32), and exact ties are broken by position (earlier tensor, then earlier index), so the count is exact.
+    Returns one keep-mask per score tensor, on the device of the scores.
     """
     sizes = [s.numel() for s in scores]
     total = sum(sizes)
     if not 0 <= k <= total:
         raise ValueError(f"cannot remove {k} of {total} weights")
-    flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
+    dtype = functools.reduce(torch.promote_types, (s.dtype for s in scores), torch.bool)
+    flat = torch.cat([s.detach().reshape(-1).to(dtype) for s in scores])
     keep = torch.ones(total, dtype=torch.bool, device=flat.device)
     if k:
         # stable sort keeps the position order among equal scores

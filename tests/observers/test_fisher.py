@@ -152,3 +152,19 @@ def test_non_finite_gradients_name_the_layer():
     batches[1]["pixel_values"][0, 0, 0, 0] = float("inf")
     with pytest.raises(GradientError, match=r"Non-finite gradients for layer vit\.layers\.0\.mlp\.fc1"):
         collect_fisher(model, _targets(model), batches)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_accumulate_in_float64(dtype):
+    model = make_tiny_model("vit").to(dtype)
+    targets = _targets(model)
+    batches = tiny_batches(model, num_batches=3)
+    with torch.no_grad():
+        stats = collect_fisher(model, targets, batches)
+    assert stats.num_grads == 3 and stats.num_images == 12
+    reference = make_tiny_model("vit").to(dtype).double()  # the same rounded weights, exact gradients
+    expected = _explicit(reference, _targets(reference), [{k: v.double() if v.is_floating_point() else v for k, v in b.items()} for b in batches], lambda m, b, i: m(**b).loss, "blocks")
+    for t, r in zip(targets, _targets(reference)):
+        assert stats.sums[t.name].dtype == torch.float64
+        error = (stats.sums[t.name] - expected[r.name]).norm() / expected[r.name].norm()
+        assert error < (5e-3 if dtype == torch.float16 else 5e-2)  # the rounding of the half-precision backward

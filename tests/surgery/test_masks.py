@@ -47,3 +47,16 @@ def test_check_nm_and_apply():
     masks = [w.abs() > 0.5]
     apply_masks([w], masks)
     assert torch.equal(masks_from_weights([w])[0], masks[0])
+
+
+def test_lowest_k_ranks_float64_scores_in_float64():
+    # issue 12.2: scores within float32's 6e-8 relative spacing were rounded to equal values and ranked by position
+    base = 1.0
+    scores = [torch.tensor([base + 4e-12, base + 3e-12], dtype=torch.float64), torch.tensor([base + 1e-12, base + 2e-12], dtype=torch.float64)]
+    masks = lowest_k_masks(scores, 2)
+    assert masks[0].tolist() == [True, True] and masks[1].tolist() == [False, False]
+    masks = lowest_k_masks(scores, 3)
+    assert masks[0].tolist() == [True, False] and masks[1].tolist() == [False, False]
+    # mixed precisions rank in the widest one
+    mixed = lowest_k_masks([torch.tensor([1.0 + 1e-12], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float32)], 1)
+    assert mixed[0].tolist() == [True] and mixed[1].tolist() == [False]

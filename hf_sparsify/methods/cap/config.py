@@ -55,8 +55,9 @@ class GradientFisherConfig(PruningConfig):
         fisher_block_size: ``B``, weights per Fisher block. A weight of ``d`` entries uses the smallest divisor of
             ``d`` that is ``≥ B`` (and a multiple of M for N:M); the size used is reported per layer.
         num_grads: mini-batch gradients averaged into the Fisher (per recomputation).
-        grad_batch_size: images per mini-batch gradient (``None``: ``calibration_batch_size``). Only a
-            ``datasets.Dataset`` can be re-batched; other sources keep their own batches.
+        grad_batch_size: images per mini-batch gradient (``None``: ``calibration_batch_size``). A
+            ``datasets.Dataset`` is cut into batches of this size; a DataLoader or a list of batches must already
+            have it (else a ``CalibrationDataError``); with ``None`` they keep their own batches.
         damp: dampening ``λ`` added to the Fisher's diagonal (absolute for CAP and WoodFisher, relative to the mean
             diagonal for FastCAP), > 0.
         num_recomputations: split the pruning into this many steps; sparsity is interpolated linearly from the
@@ -65,8 +66,8 @@ class GradientFisherConfig(PruningConfig):
             gradients of ``⟨v, features⟩`` with random Gaussian ``v``, whose expected outer product is the
             Gauss–Newton matrix of feature matching; for backbones such as ``Dinov2Model``), or a callable
             ``loss_fn(model, batch) -> scalar tensor`` (saved as ``"custom"``).
-        mixed_precision: ``"no"`` or ``"bf16"``: autocast of the forward/backward passes that produce gradients
-            (the Fisher is always accumulated in ``fisher_dtype``).
+        mixed_precision: ``"no"`` or ``"bf16"``: autocast of the forward passes that produce gradients (the
+            Fisher is always accumulated in ``fisher_dtype``, float64 for FastCAP, whatever the model's dtype).
     """
 
     #: mini-batch gradients per recomputation when neither num_grads nor num_calibration_samples is given
@@ -89,7 +90,7 @@ class GradientFisherConfig(PruningConfig):
     )
     grad_batch_size: int | None = field(
         default=None,
-        metadata={"help": "images per mini-batch gradient (default: calibration_batch_size); only a datasets.Dataset can be re-batched"},
+        metadata={"help": "images per mini-batch gradient (default: calibration_batch_size); a datasets.Dataset is cut into batches of this size, a DataLoader or list of batches must already have it"},
     )
     damp: float = field(
         default=1e-8,
@@ -105,7 +106,7 @@ class GradientFisherConfig(PruningConfig):
     )
     mixed_precision: str = field(
         default="no",
-        metadata={"help": "'no' or 'bf16': autocast of the forward/backward passes that produce gradients (the Fisher is accumulated in fisher_dtype)"},
+        metadata={"help": "'no' or 'bf16': autocast of the forward passes that produce gradients (the Fisher is accumulated in fisher_dtype)"},
     )
 
     def __post_init__(self) -> None:
@@ -173,8 +174,11 @@ class BlockFisherConfig(GradientFisherConfig):
     Args:
         sparsity_distribution: ``"global"`` (one threshold across all target layers, the paper's) or
             ``"uniform"`` (every layer pruned to ``sparsity``).
-        fisher_dtype: ``"float32"`` (default) or ``"float64"``: dtype of the stored Fisher blocks and of the
-            elimination. Inverses, replays and OBS updates are always computed in float64.
+        fisher_dtype: ``"float64"`` (default) or ``"float32"``: dtype of the stored Fisher blocks and of the
+            elimination. Inverses, replays and OBS updates are always computed in float64. float32 halves the
+            Fisher memory, but its rounding of the sums is not small next to the default ``damp=1e-8`` when the
+            blocks are rank-deficient (fewer gradients than ``B``, or correlated ones): its masks can then differ
+            from float64's.
         fisher_device: where the Fisher blocks live and the elimination runs (``"cpu"``, ``"cuda:1"``...);
             ``None``: the model's device.
         blocks_in_parallel: blocks processed together by the inversion and the elimination (memory of the
@@ -189,8 +193,8 @@ class BlockFisherConfig(GradientFisherConfig):
         metadata={"help": "'global': one threshold across all target layers (the paper's); 'uniform': every layer pruned to the sparsity"},
     )
     fisher_dtype: str = field(
-        default="float32",
-        metadata={"help": "'float32' or 'float64': dtype of the stored Fisher blocks and of the elimination (inverses, replays and OBS updates are float64)"},
+        default="float64",
+        metadata={"help": "'float64' or 'float32': dtype of the stored Fisher blocks and of the elimination (inverses, replays and OBS updates are float64); float32 halves the memory, but its masks can differ from float64's at small damp"},
     )
     fisher_device: str | None = field(default=None, metadata={"help": "where the Fisher blocks live and the elimination runs ('cpu', 'cuda:1'...); default: the model's device"})
     blocks_in_parallel: int = field(

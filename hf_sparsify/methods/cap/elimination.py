@@ -20,8 +20,15 @@ with exact downdates gives the same weights as the joint OBS solution
 ``w − H⁻¹[:, Q] (H⁻¹[Q, Q])⁻¹ w_Q``, which is one batched Cholesky solve.
 
 ```python
+>>> from hf_sparsify.methods.cap.elimination import greedy_eliminate, replay
+>>> from hf_sparsify.methods.cap.inverse import block_fisher_inverse
+>>> grads = torch.randn(10, 32, 8, dtype=torch.float64)       # 10 blocks of B = 8 weights, 32 gradients
+>>> hinv, _ = block_fisher_inverse(grads.transpose(1, 2) @ grads, num_grads=32, damp=1e-8)
+>>> w_blocks = torch.randn(10, 8, dtype=torch.float64)
 >>> result = greedy_eliminate(w_blocks, hinv.clone(), pruned=w_blocks == 0)
->>> new_w = replay(w_blocks, hinv, result.order, counts=torch.full((n,), 24))
+>>> new_w = replay(w_blocks, hinv, result.order, counts=torch.full((10,), 3))   # 3 removals per block
+>>> int((new_w == 0).sum())
+30
 ```
 """
 

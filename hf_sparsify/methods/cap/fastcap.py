@@ -11,7 +11,12 @@ Unlike the released reference (which discards the updated weights and keeps the 
 weights are **returned**.
 
 ```python
->>> new_w = fastcap_prune(w_rows, fisher_sum, num_grads=256, sparsity=0.5, damp=1e-2, name="fc1")
+>>> from hf_sparsify.methods.cap.fastcap import fastcap_prune
+>>> grads = torch.randn(256, 16, 8, dtype=torch.float64)      # 256 gradients of a layer seen as 16 rows of B = 8
+>>> fisher_sum = torch.einsum("mrb,mrc->bc", grads, grads)    # the shared B×B sum
+>>> new_w = fastcap_prune(torch.randn(16, 8, dtype=torch.float64), fisher_sum, num_grads=256, sparsity=0.5, damp=1e-2, name="fc1")
+>>> int((new_w == 0).sum())
+64
 ```
 """
 

@@ -8,8 +8,11 @@ with more dampening, ``damp + 10^(k-7)·mean(diag F_b)`` for ``k = 1..6``; if th
 :class:`~hf_sparsify.methods.base.PruningError` names the layer.
 
 ```python
->>> sums = torch.randn(10, 32, 8).transpose(1, 2) @ torch.randn(10, 32, 8)   # (blocks, B, B)
->>> hinv, info = block_fisher_inverse(sums.clone(), num_grads=32, damp=1e-8, name="fc1")
+>>> from hf_sparsify.methods.cap.inverse import block_fisher_inverse
+>>> grads = torch.randn(10, 32, 8, dtype=torch.float64)       # 10 blocks of B = 8 weights, 32 gradients
+>>> hinv, info = block_fisher_inverse(grads.transpose(1, 2) @ grads, num_grads=32, damp=1e-8, name="fc1")
+>>> hinv.shape, info.redamped_blocks
+(torch.Size([10, 8, 8]), 0)
 ```
 """
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...utils import workspace_bytes
 from ..base import PruningError
 
 __all__ = ["InverseInfo", "block_fisher_inverse", "chunks", "damped_cholesky"]
@@ -93,7 +97,8 @@ def block_fisher_inverse(
 ) -> tuple[torch.Tensor, InverseInfo]:
     """Invert ``damp·I + sums/num_grads`` for every block, **in place** of ``sums`` (``(n, B, B)``).
 
-    Each chunk of ``blocks_in_parallel`` blocks is factorised and inverted in float64 and written back in the
+    Each chunk of ``blocks_in_parallel`` blocks (default: as many float64 blocks as
+    :func:`~hf_sparsify.utils.workspace_bytes` holds) is factorised and inverted in float64 and written back in the
     dtype of ``sums``. Returns ``sums`` (now the inverses) and an :class:`InverseInfo`.
     """
     if num_grads < 1:
@@ -101,8 +106,7 @@ def block_fisher_inverse(
     if not damp > 0:
         raise ValueError(f"damp must be > 0, got {damp}")
     n, b, _ = sums.shape
-    workspace = (1 << 30) if sums.device.type == "cuda" else (64 << 20)
-    size = blocks_in_parallel or max(1, workspace // (b * b * 8))
+    size = blocks_in_parallel or max(1, workspace_bytes(sums.device) // (b * b * 8))
     eye = torch.eye(b, dtype=torch.float64, device=sums.device)
     info = InverseInfo()
     for start, stop in chunks(n, size):

@@ -13,24 +13,25 @@ One pruning step (repeated ``num_recomputations`` times with interpolated sparsi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import torch
 
-from ...configuration import PruningConfigError
+from ...configuration import LOSS_OPTIONS, PruningConfigError
 from ...data import CalibrationDataError
 from ...observers.distributed import distributed_state
-from ...observers.fisher import LOSS_OPTIONS, BlockLayout, FisherTarget, GradientError, collect_fisher
+from ...observers.fisher import BlockLayout, FisherTarget, GradientError, collect_fisher
 from ...surgery import check_nm, lowest_k_masks
-from ...utils import get_logger, progress
+from ...utils import get_logger, progress, workspace_bytes
+from ...utils.memory import available_memory, format_bytes
 from ..base import Pruner, PruningError, PruningResult
 from .config import CUSTOM_LOSS, BlockFisherConfig, CAPConfig, FastCAPConfig, GradientFisherConfig, WoodFisherConfig
 from .elimination import greedy_eliminate, replay
 from .fastcap import fastcap_prune
 from .inverse import InverseInfo, block_fisher_inverse, chunks
-from .selection import forced_scores, nm_remove_mask, num_to_remove
+from .selection import kept_threshold, nm_remove_mask, num_to_remove, select_counts
 from .woodfisher import woodfisher_saliency, woodfisher_update
 
 __all__ = ["CAPPruner", "WoodFisherPruner", "FastCAPPruner"]
@@ -40,21 +41,38 @@ logger = get_logger(__name__)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _workspace_bytes(device: torch.device) -> int:
-    return (2 << 30) if device.type == "cuda" else (256 << 20)
-
-
 @dataclass
 class _StepTarget:
-    """Per pruning step: the target, its weight as blocks, and the sizes the selection needs."""
+    """Per pruning step: the target, its weight as blocks (float64), and the weights already zero."""
 
     target: FisherTarget
-    blocks: torch.Tensor  # (n, B) on the Fisher device
-    already: int  # weights already zero
+    blocks: torch.Tensor  # (n, B) float64 on the Fisher device
+    already: int
+
+
+def _layer_groups(targets: list[FisherTarget], size_of, budget: float) -> list[list[FisherTarget]]:
+    """Consecutive layers grouped so that each group's Fisher fits in ``budget`` bytes (a layer larger than the
+    budget forms its own group)."""
+    groups, current, used = [], [], 0
+    for t in targets:
+        size = size_of(t)
+        if current and used + size > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(t)
+        used += size
+    groups.append(current)
+    return groups
+
+
+def _as_blocks(target: FisherTarget, device: torch.device) -> torch.Tensor:
+    """The target's weight as ``(n, B)`` float64 blocks: the updates are computed in float64 whatever the model's
+    dtype, and written back in it."""
+    return target.layout.to_blocks(target.weight.detach()).to(device=device, dtype=torch.float64)
 
 
 class _GradientFisherPruner(Pruner):
-    """Shared plumbing: targets and layouts, calibration streams, gradient collection, bookkeeping."""
+    """Shared plumbing: targets and layouts, calibration windows, gradient collection, memory plan, bookkeeping."""
 
     config_class = GradientFisherConfig
     needs_calibration_data = True
@@ -72,6 +90,15 @@ class _GradientFisherPruner(Pruner):
             raise CalibrationDataError(f"{config.method} reads calibration data: pass calibration_data=...")
         if config.loss == "labels" and calibration.has_labels is False:
             raise CalibrationDataError(f"{config.method} with loss='labels' needs calibration data with labels, and it has none: use {LOSS_OPTIONS}.")
+        if config.grad_batch_size is not None and not calibration.rebatchable:
+            size = calibration.source_batch_size()
+            if size is not None and size != config.grad_batch_size:
+                raise CalibrationDataError(
+                    f"grad_batch_size={config.grad_batch_size} asks for {config.grad_batch_size} images per gradient, but "
+                    f"the calibration data comes in batches of {size} that cannot be re-batched (a DataLoader or a list of "
+                    f"batches): build it with batch_size={config.grad_batch_size}, pass a datasets.Dataset (cut into any "
+                    "batch size), or leave grad_batch_size unset to use its batches."
+                )
 
     def _targets(self, layers) -> list[FisherTarget]:
         config: GradientFisherConfig = self.config
@@ -96,20 +123,22 @@ class _GradientFisherPruner(Pruner):
             targets.append(FisherTarget(layer.name, layer.weight, layout))
         return targets
 
-    def _batches(self, calibration, step: int):
-        """The ``num_grads`` batches of recomputation ``step`` (0-based); the same on every call."""
-        config: GradientFisherConfig = self.config
-        m = config.gradients
-        stream = calibration.iter_batches(m * (step + 1), batch_size=config.grad_batch_size)
-        return islice(stream, m * step, m * (step + 1))
+    def _window(self, calibration, step: int):
+        """The ``gradients`` batches of recomputation ``step`` (0-based): the same on every call, built once per
+        call (the earlier steps' batches are skipped without being built)."""
+        m = self.config.gradients
+        return calibration.window(m * step, m * (step + 1))
 
-    def _collect(self, model, targets, calibration, step, *, device, fisher_device, dtype, result, disable_tqdm):
+    def _collect(self, model, targets, calibration, step, *, device, fisher_device, dtype, result, disable_tqdm, first=True):
+        """Fisher sums of ``targets`` over the batches of ``step``; ``first``: the first collection of this step (the
+        one whose gradients and images are counted; layer streaming collects the same batches again)."""
         config: GradientFisherConfig = self.config
+        desc = f"{config.method} gradients" + (f" (step {step + 1}/{config.num_recomputations})" if config.num_recomputations > 1 else "")
         try:
             stats = collect_fisher(
                 model,
                 targets,
-                self._batches(calibration, step),
+                self._window(calibration, step),
                 loss=config.loss,
                 mode=self.fisher_mode,
                 device=device,
@@ -117,6 +146,7 @@ class _GradientFisherPruner(Pruner):
                 dtype=dtype,
                 mixed_precision=config.mixed_precision,
                 seed=config.seed + step,
+                desc=desc,
                 disable_tqdm=disable_tqdm,
             )
         except GradientError as err:
@@ -124,7 +154,9 @@ class _GradientFisherPruner(Pruner):
         for phase, seconds in stats.timings.items():
             result.timings[phase] = result.timings.get(phase, 0.0) + seconds
         result.info["gradient_passes"] = result.info.get("gradient_passes", 0) + 1
-        result.info["num_grads"] = stats.num_grads
+        if first:
+            result.info["num_grads"] = stats.num_grads
+            result.info["calibration_images"] = result.info.get("calibration_images", 0) + stats.num_images
         return stats
 
     def _step_sparsity(self, already: int, numel: int, step: int) -> float:
@@ -140,6 +172,83 @@ class _GradientFisherPruner(Pruner):
         n, m = config.nm
         return m, int(round((m - n) * (step + 1) / config.num_recomputations))
 
+    # ---------------------------------------------------------------------------------------------- plan
+    def _fisher_dtype(self) -> torch.dtype:
+        return torch.float64
+
+    def _fisher_bytes(self, target: FisherTarget) -> int:
+        """Bytes of the target's Fisher sums."""
+        b = target.layout.block_size
+        entries = target.layout.numel * b if self.fisher_mode == "blocks" else b * b
+        return entries * (torch.finfo(self._fisher_dtype()).bits // 8)
+
+    def _fisher_device(self, device) -> torch.device:
+        return torch.device(device)
+
+    def _groups(self, targets: list[FisherTarget]) -> list[list[FisherTarget]]:
+        return [targets]
+
+    def _passes_per_step(self, num_groups: int) -> int:
+        """Gradient passes over a step's batches: one per group of layers (layer streaming)."""
+        return num_groups
+
+    def plan(self, model, adapter, *, device=None) -> list[str]:
+        """What the run will do, before any gradient: the gradients and images per step, the passes over the data,
+        and the Fisher memory with the memory available on its device.
+
+        Raises:
+            PruningError: the Fisher store does not fit in the memory of its device (the message gives its size and
+                the settings that fit).
+        """
+        config: GradientFisherConfig = self.config
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        targets = self._targets(adapter.select_layers(config.targets, config.ignore))
+        numel = sum(t.layout.numel for t in targets)
+        groups = self._groups(targets)
+        steps = config.num_recomputations
+        m, batch = config.gradients, config.effective_batch_size
+        passes = steps * self._passes_per_step(len(groups))
+        how = "N:M " + config.mask_structure if config.nm else getattr(config, "sparsity_distribution", "uniform")
+        lines = [
+            f"{config.method}: {len(targets)} layers, {numel:,} weights, sparsity {config.sparsity:g} ({how})",
+            f"gradients: {m:,} × {batch} images = {m * batch:,} images per step × {steps} step{'s' * (steps > 1)}; "
+            f"{passes} gradient pass{'es' * (passes > 1)}, {passes * m:,} forward/backward passes",
+        ]
+        lines.append(self._memory_line(targets, groups, self._fisher_device(device)))
+        return lines
+
+    def _announce(self, model, adapter, device) -> None:
+        """Log the plan (info level) at the start of a run; its memory check raises before any work."""
+        for line in self.plan(model, adapter, device=device):
+            logger.info(f"hf_sparsify: {line}")
+
+    def _memory_line(self, targets, groups, fisher_device: torch.device) -> str:
+        dtype = str(self._fisher_dtype()).replace("torch.", "")
+        total = sum(self._fisher_bytes(t) for t in targets)
+        largest = max(sum(self._fisher_bytes(t) for t in g) for g in groups)
+        shape = "Fisher blocks" if self.fisher_mode == "blocks" else "shared Fisher (one B×B per layer)"
+        where = f"{format_bytes(total)} ({dtype})" + (f" in {len(groups)} groups of ≤ {format_bytes(largest)}" if len(groups) > 1 else "")
+        available = available_memory(fisher_device)
+        self._check_fits(largest, available, fisher_device, targets)
+        free = f"; {format_bytes(available)} available" if available is not None else ""
+        return f"{shape}: {where} on {fisher_device}{free}"
+
+    def _check_fits(self, needed: int, available: int | None, fisher_device: torch.device, targets) -> None:
+        """Raise before any work when the Fisher store (with the engine's workspace) exceeds the free memory."""
+        if available is None:
+            return
+        workspace = workspace_bytes(fisher_device)
+        if needed + workspace <= available:
+            return
+        raise PruningError(self._too_large_message(needed, available, workspace, fisher_device, targets))
+
+    def _too_large_message(self, needed, available, workspace, fisher_device, targets) -> str:
+        return (
+            f"{self.config.method} needs {format_bytes(needed)} of Fisher statistics on {fisher_device}, which has "
+            f"{format_bytes(available)} available: lower fisher_block_size."
+        )
+
+    # ---------------------------------------------------------------------------------------------- results
     def _record(self, targets: list[FisherTarget], result: PruningResult, inverse_info: dict[str, InverseInfo], extra: dict[str, dict[str, Any]]) -> None:
         config: GradientFisherConfig = self.config
         for t in targets:
@@ -162,6 +271,7 @@ class _GradientFisherPruner(Pruner):
                 "block_sizes_changed": {t.name: t.layout.block_size for t in targets if t.layout.block_size != config.fisher_block_size},
                 "num_recomputations": config.num_recomputations,
                 "damp": config.damp,
+                "fisher_dtype": str(self._fisher_dtype()).replace("torch.", ""),
                 "loss": config.loss if isinstance(config.loss, str) else CUSTOM_LOSS,
                 "num_processes": distributed_state().num_processes,
             }
@@ -170,8 +280,17 @@ class _GradientFisherPruner(Pruner):
     @staticmethod
     @torch.no_grad()
     def _write(target: FisherTarget, blocks: torch.Tensor) -> None:
+        """Write float64 ``blocks`` into the weight, in its dtype. A kept weight too small for that dtype (below
+        float16's 6e-8) is written as the dtype's smallest value of its sign, so that the mask stays the one chosen."""
         weight = target.weight
-        weight.copy_(target.layout.from_blocks(blocks).to(device=weight.device, dtype=weight.dtype))
+        new = target.layout.from_blocks(blocks).to(weight.device)
+        cast = new.to(weight.dtype)
+        lost = (cast == 0) & (new != 0)
+        if bool(lost.any()):
+            info = torch.finfo(weight.dtype)
+            smallest = info.smallest_normal * info.eps  # the smallest subnormal
+            cast[lost] = torch.where(new[lost] > 0, smallest, -smallest).to(weight.dtype)
+        weight.copy_(cast)
 
 
 class _BlockFisherPruner(_GradientFisherPruner):
@@ -183,43 +302,68 @@ class _BlockFisherPruner(_GradientFisherPruner):
     def _analyse(self, st: _StepTarget, hinv: torch.Tensor, nm_quota, result: PruningResult) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _scores(self, analysis: dict[str, Any]) -> torch.Tensor:
-        """Per-weight or per-step scores (``(n, B)``) for the selection: the lowest are removed."""
-        raise NotImplementedError
-
-    def _decision(self, keep: torch.Tensor, analysis: dict[str, Any]) -> torch.Tensor:
+    def _select(self, analyses: list[dict[str, Any]], num_remove: int) -> tuple[list[Any], float | None]:
+        """The decisions removing exactly ``num_remove`` weights over the given layers (one ranking), and the
+        threshold: the largest score removed (``None`` when only already-pruned weights are removed)."""
         raise NotImplementedError
 
     def _nm_decision(self, analysis: dict[str, Any], nm_quota) -> torch.Tensor | None:
         raise NotImplementedError
 
     def _rebuild(self, st: _StepTarget, hinv: torch.Tensor | None, analysis: dict[str, Any], decision) -> torch.Tensor:
+        """The new weights as float64 ``(n, B)`` blocks."""
         raise NotImplementedError
 
     # -- plumbing -----------------------------------------------------------------------------------------
+    def _fisher_dtype(self) -> torch.dtype:
+        return _DTYPES[self.config.fisher_dtype]
+
+    def _fisher_device(self, device) -> torch.device:
+        return torch.device(self.config.fisher_device) if self.config.fisher_device else torch.device(device)
+
+    def _passes_per_step(self, num_groups: int) -> int:
+        # layer streaming with one global threshold: a second pass per group rebuilds the weights
+        config: BlockFisherConfig = self.config
+        global_selection = config.sparsity_distribution == "global" and config.nm is None
+        return num_groups * (2 if global_selection and num_groups > 1 else 1)
+
     def _chunk(self, block_size: int, device: torch.device, itemsize: int) -> int:
         config: BlockFisherConfig = self.config
         if config.blocks_in_parallel > 0:
             return config.blocks_in_parallel
-        return max(1, _workspace_bytes(device) // (block_size * block_size * itemsize))
+        return max(1, workspace_bytes(device) // (block_size * block_size * itemsize))
 
-    def _groups(self, targets: list[FisherTarget], itemsize: int) -> list[list[FisherTarget]]:
+    def _groups(self, targets: list[FisherTarget]) -> list[list[FisherTarget]]:
         config: BlockFisherConfig = self.config
         if config.max_fisher_memory_gb is None:
             return [targets]
-        budget = config.max_fisher_memory_gb * (1 << 30)
-        groups, current, used = [], [], 0
-        for t in targets:
-            size = t.layout.numel * t.layout.block_size * itemsize
-            if current and used + size > budget:
-                groups.append(current)
-                current, used = [], 0
-            if size > budget:
-                logger.warning(f"hf_sparsify: the Fisher of {t.name} alone ({size / 2**30:.2f} GiB) exceeds max_fisher_memory_gb.")
-            current.append(t)
-            used += size
-        groups.append(current)
+        groups = _layer_groups(targets, self._fisher_bytes, config.max_fisher_memory_gb * (1 << 30))
+        for group in groups:
+            size = self._fisher_bytes(group[0])
+            if len(group) == 1 and size > config.max_fisher_memory_gb * (1 << 30):
+                logger.warning(f"hf_sparsify: the Fisher of {group[0].name} alone ({size / 2**30:.2f} GiB) exceeds max_fisher_memory_gb.")
         return groups
+
+    def _too_large_message(self, needed, available, workspace, fisher_device, targets) -> str:
+        config: BlockFisherConfig = self.config
+        itemsize = torch.finfo(self._fisher_dtype()).bits // 8
+        budget_gb = math.floor((available - workspace) * 0.9 / (1 << 30) * 10) / 10
+        largest = max(targets, key=self._fisher_bytes)
+        if budget_gb > 0 and self._fisher_bytes(largest) <= budget_gb * (1 << 30):
+            count = len(_layer_groups(targets, self._fisher_bytes, budget_gb * (1 << 30)))
+            passes = self._passes_per_step(count)
+            fix = f"max_fisher_memory_gb={budget_gb:g} (layer streaming: {count} groups of layers, {passes} gradient passes per step instead of 1)"
+        else:
+            fix = f"a smaller fisher_block_size (the largest layer, {largest.name}, alone needs {format_bytes(self._fisher_bytes(largest))})"
+        if fisher_device.type != "cpu":
+            fix += ", fisher_device='cpu' (host memory)"
+        if config.fisher_dtype == "float64":
+            fix += ", fisher_dtype='float32' (half the memory; masks can differ from float64's at small damp)"
+        return (
+            f"{config.method} needs {format_bytes(needed)} of Fisher blocks ({config.fisher_dtype}: weights × B × {itemsize} bytes) "
+            f"plus {format_bytes(workspace)} of workspace on {fisher_device}, which has {format_bytes(available)} available. "
+            f"Set {fix}; or use FastCAP, which stores one B×B per layer."
+        )
 
     def _inverse(self, stats, t: FisherTarget, result: PruningResult, inverse_info: dict[str, InverseInfo] | None) -> torch.Tensor:
         """The inverse Fisher blocks of ``t``, in place of its sums (``inverse_info``: where to count re-dampings)."""
@@ -240,15 +384,15 @@ class _BlockFisherPruner(_GradientFisherPruner):
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
         config: BlockFisherConfig = self.config
         self._check_inputs(calibration)
+        self._announce(model, adapter, device)  # raises before any gradient when the Fisher does not fit
         targets = self._targets(adapter.select_layers(config.targets, config.ignore))
+        fisher_device = self._fisher_device(device)
+        groups = self._groups(targets)
         result = PruningResult(method=config.method)
-        fisher_device = torch.device(config.fisher_device) if config.fisher_device else torch.device(device)
-        dtype = _DTYPES[config.fisher_dtype]
-        groups = self._groups(targets, torch.finfo(dtype).bits // 8)
         result.info["fisher_groups"] = len(groups)
         inverse_info: dict[str, InverseInfo] = {}
         breakdowns: dict[str, int] = {}
-        collect = dict(device=device, fisher_device=fisher_device, dtype=dtype, result=result, disable_tqdm=disable_tqdm)
+        collect = dict(device=device, fisher_device=fisher_device, dtype=self._fisher_dtype(), result=result, disable_tqdm=disable_tqdm)
         for step in range(config.num_recomputations):
             new_blocks, analyses = self._prune_step(model, calibration, targets, groups, step, collect, result, inverse_info, disable_tqdm)
             for t in targets:
@@ -267,10 +411,10 @@ class _BlockFisherPruner(_GradientFisherPruner):
         kept: dict[str, torch.Tensor] = {}
         steps: dict[str, _StepTarget] = {}
         new_blocks: dict[str, torch.Tensor] = {}
-        for group in groups:
-            stats = self._collect(model, group, calibration, step, **collect)
+        for number, group in enumerate(groups):
+            stats = self._collect(model, group, calibration, step, first=number == 0, **collect)
             for t in progress(group, desc=f"{config.method} layers", disable=disable_tqdm):
-                blocks = t.layout.to_blocks(t.weight.detach()).to(collect["fisher_device"])
+                blocks = _as_blocks(t, collect["fisher_device"])
                 st = steps[t.name] = _StepTarget(t, blocks, int((blocks == 0).sum()))
                 hinv = self._inverse(stats, t, result, inverse_info)
                 analyses[t.name] = self._analyse(st, hinv, nm_quota, result)
@@ -287,8 +431,8 @@ class _BlockFisherPruner(_GradientFisherPruner):
         with result.timed("selection"):
             decisions = self._global_decisions([steps[t.name] for t in targets], analyses, step, result)
         for group in groups:
-            # layer streaming: the inverses were not kept, so the group's Fisher is collected again
-            stats = None if len(groups) == 1 else self._collect(model, group, calibration, step, **collect)
+            # layer streaming: the inverses were not kept, so the group's Fisher is collected again (same batches)
+            stats = None if len(groups) == 1 else self._collect(model, group, calibration, step, first=False, **collect)
             for t in group:
                 hinv = kept.pop(t.name) if stats is None else self._inverse(stats, t, result, None)
                 with result.timed("update"):
@@ -303,19 +447,16 @@ class _BlockFisherPruner(_GradientFisherPruner):
         numel = st.target.layout.numel
         k = num_to_remove(numel, self._step_sparsity(st.already, numel, step), st.already)
         with result.timed("selection"):
-            keep = lowest_k_masks([self._scores(analysis)], k)[0]
-        return self._decision(keep, analysis)
+            (decision,), _ = self._select([analysis], k)
+        return decision
 
     def _global_decisions(self, sts: list[_StepTarget], analyses, step: int, result: PruningResult) -> dict[str, Any]:
         numel = sum(st.target.layout.numel for st in sts)
         already = sum(st.already for st in sts)
         k = num_to_remove(numel, self._step_sparsity(already, numel, step), already)
-        scores = [self._scores(analyses[st.target.name]) for st in sts]
-        keeps = lowest_k_masks(scores, k)
-        removed = torch.cat([s[~keep].reshape(-1) for s, keep in zip(scores, keeps)])
-        finite = removed[torch.isfinite(removed)]
-        result.info["threshold"] = float(finite.max().item()) if finite.numel() else None
-        return {st.target.name: self._decision(keep, analyses[st.target.name]) for st, keep in zip(sts, keeps)}
+        decisions, threshold = self._select([analyses[st.target.name] for st in sts], k)
+        result.info["threshold"] = threshold
+        return {st.target.name: decision for st, decision in zip(sts, decisions)}
 
 
 class CAPPruner(_BlockFisherPruner):
@@ -347,11 +488,12 @@ class CAPPruner(_BlockFisherPruner):
                 breakdowns += elim.breakdowns
         return {"order": order, "cumloss": cumloss, "num_forced": forced, "weights": weights, "breakdowns": breakdowns}
 
-    def _scores(self, analysis):
-        return forced_scores(analysis["cumloss"], analysis["num_forced"])
-
-    def _decision(self, keep, analysis):
-        return (~keep).sum(1)  # eliminations kept per block
+    def _select(self, analyses, num_remove):
+        # decisions: how many eliminations each block keeps (a prefix of its path)
+        cumlosses = [a["cumloss"] for a in analyses]
+        forced = [a["num_forced"] for a in analyses]
+        counts = select_counts(cumlosses, forced, num_remove)
+        return counts, kept_threshold(cumlosses, forced, counts)
 
     def _nm_decision(self, analysis, nm_quota):
         return None  # the elimination itself honoured the N:M groups
@@ -380,11 +522,12 @@ class WoodFisherPruner(_BlockFisherPruner):
             scores = woodfisher_saliency(st.blocks, hinv).masked_fill(forced, float("-inf"))
         return {"scores": scores, "forced": forced}
 
-    def _scores(self, analysis):
-        return analysis["scores"]
-
-    def _decision(self, keep, analysis):
-        return ~keep
+    def _select(self, analyses, num_remove):
+        scores = [a["scores"] for a in analyses]
+        keeps = lowest_k_masks(scores, num_remove)
+        removed = torch.cat([s[~keep].reshape(-1) for s, keep in zip(scores, keeps)])
+        finite = removed[torch.isfinite(removed)]
+        return [~keep for keep in keeps], (float(finite.max().item()) if finite.numel() else None)
 
     def _nm_decision(self, analysis, nm_quota):
         m, quota = nm_quota
@@ -408,13 +551,15 @@ class FastCAPPruner(_GradientFisherPruner):
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
         config: FastCAPConfig = self.config
         self._check_inputs(calibration)
+        self._announce(model, adapter, device)
         targets = self._targets(adapter.select_layers(config.targets, config.ignore))
         result = PruningResult(method=config.method)
         for step in range(config.num_recomputations):
-            stats = self._collect(model, targets, calibration, step, device=device, fisher_device=device, dtype=torch.float32, result=result, disable_tqdm=disable_tqdm)
+            # one B×B per layer: float64 sums cost nothing
+            stats = self._collect(model, targets, calibration, step, device=device, fisher_device=device, dtype=self._fisher_dtype(), result=result, disable_tqdm=disable_tqdm)
             nm_quota = self._nm_quota(step)
             for t in progress(targets, desc="fastcap layers", disable=disable_tqdm):
-                blocks = t.layout.to_blocks(t.weight.detach())
+                blocks = _as_blocks(t, torch.device(device))
                 already = int((blocks == 0).sum())
                 nm = None if nm_quota is None else (nm_quota[0] - nm_quota[1], nm_quota[0])
                 with result.timed("update"):

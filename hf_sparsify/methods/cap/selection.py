@@ -7,8 +7,12 @@ takes a prefix of every block's path: block ``b`` keeps its first ``k_b`` elimin
 The already-pruned weights score ``−∞`` (they stay pruned).
 
 ```python
->>> counts = select_counts([cumloss_a, cumloss_b], [forced_a, forced_b], num_remove=1000)
->>> [c.sum() for c in counts]           # per layer; they add up to 1000
+>>> from hf_sparsify.methods.cap.selection import select_counts
+>>> cumloss_a = torch.tensor([[0.0, 1.0, 3.0], [0.5, 0.7, 2.0]])     # layer a: 2 blocks of 3 steps
+>>> cumloss_b = torch.tensor([[0.2, 0.4, 5.0]])                      # layer b: 1 block, already one zero
+>>> counts = select_counts([cumloss_a, cumloss_b], [torch.tensor([0, 0]), torch.tensor([1])], num_remove=5)
+>>> [c.tolist() for c in counts]       # eliminations kept per block: 5 in all
+[[1, 2], [2]]
 ```
 """
 
@@ -20,7 +24,7 @@ import torch
 
 from ...surgery import lowest_k_masks
 
-__all__ = ["forced_scores", "select_counts", "nm_remove_mask", "num_to_remove"]
+__all__ = ["forced_scores", "kept_threshold", "select_counts", "nm_remove_mask", "num_to_remove"]
 
 
 def num_to_remove(numel: int, sparsity: float, already: int) -> int:
@@ -47,6 +51,21 @@ def select_counts(cumlosses: Sequence[torch.Tensor], num_forced: Sequence[torch.
     scores = [forced_scores(c, f) for c, f in zip(cumlosses, num_forced)]
     masks = lowest_k_masks(scores, num_remove)
     return [mask.logical_not().sum(1) for mask in masks]
+
+
+def kept_threshold(cumlosses: Sequence[torch.Tensor], num_forced: Sequence[torch.Tensor], counts: Sequence[torch.Tensor]) -> float | None:
+    """The global threshold :func:`select_counts` applied: the largest cumulative loss of a kept elimination that
+    removed a weight not already pruned (``None`` when only already-pruned weights are removed). A block's losses
+    never decrease along its path, so its largest kept loss is the one of its last kept step."""
+    best = None
+    for cumloss, forced, count in zip(cumlosses, num_forced, counts):
+        count = count.to(cumloss.device)
+        fresh = count > forced.to(cumloss.device)
+        if bool(fresh.any()):
+            last = cumloss[fresh].gather(1, (count[fresh] - 1)[:, None].long())
+            value = float(last.max().item())
+            best = value if best is None else max(best, value)
+    return best
 
 
 def nm_remove_mask(scores: torch.Tensor, m: int, quota: int, forced: torch.Tensor | None = None) -> torch.Tensor:

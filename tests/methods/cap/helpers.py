@@ -33,8 +33,9 @@ def distributed_cases():
     from hf_sparsify import CAPConfig, FastCAPConfig, WoodFisherConfig
     from tests.conftest import make_tiny_model, tiny_batches
 
-    # more gradients than weights per block and a moderate dampening: well-conditioned Fisher blocks, so float32
-    # rounding (which differs with the thread count) stays at rounding level in the pruned weights
+    # more gradients than weights per block and a moderate dampening: well-conditioned Fisher blocks, so the
+    # rounding of the model's float32 gradients (which differs with the thread count) stays at rounding level in the
+    # pruned weights
     vit = make_tiny_model("vit")
     batches = tiny_batches(vit, num_batches=24, batch=2)
     backbone = make_tiny_model("dinov2", backbone=True)
@@ -44,8 +45,8 @@ def distributed_cases():
         "cap": (vit, batches, CAPConfig(sparsity=0.7, **common)),
         "cap-2:4": (vit, batches, CAPConfig(sparsity=0.5, mask_structure="2:4", **common)),
         "woodfisher": (vit, batches, WoodFisherConfig(sparsity=0.5, **common)),
-        # ⟨v, features⟩ sums over all tokens: larger gradients, a less well-conditioned Fisher; float64 blocks keep
-        # the thread-count rounding of the sums out of the replayed weights (float32: ~3e-5 relative)
-        "cap-features": (backbone, unlabelled, CAPConfig(sparsity=0.5, loss="features", fisher_dtype="float64", **{**common, "damp": 1e-2})),
+        # ⟨v, features⟩ sums over all tokens: larger gradients, a less well-conditioned Fisher; float64 blocks (the
+        # default) keep the thread-count rounding of the sums out of the replayed weights (float32: ~3e-5 relative)
+        "cap-features": (backbone, unlabelled, CAPConfig(sparsity=0.5, loss="features", **{**common, "damp": 1e-2})),
         "fastcap-features": (backbone, unlabelled, FastCAPConfig(sparsity=0.5, fisher_block_size=16, num_grads=24, loss="features")),
     }

@@ -7,7 +7,7 @@ import torch
 
 from hf_sparsify.methods.cap.elimination import greedy_eliminate, replay
 from hf_sparsify.methods.cap.inverse import block_fisher_inverse
-from hf_sparsify.methods.cap.selection import nm_remove_mask, num_to_remove, select_counts
+from hf_sparsify.methods.cap.selection import forced_scores, kept_threshold, nm_remove_mask, num_to_remove, select_counts
 from hf_sparsify.methods.cap.woodfisher import woodfisher_saliency, woodfisher_update
 from hf_sparsify.surgery import lowest_k_masks
 from tests import oracles
@@ -95,3 +95,28 @@ def test_nm_remove_mask_takes_the_lowest_per_group_and_keeps_forced():
     forced[0, 6] = True
     remove = nm_remove_mask(scores, 4, 2, forced)
     assert remove.tolist() == [[False, True, False, True, True, False, True, False]]
+
+
+def test_kept_threshold_is_the_largest_removed_score():
+    cum = torch.tensor([[0.0, 1.0, 1.0, 2.0], [1.0, 1.5, 3.0, 3.0], [0.5, 0.6, 0.7, 0.8]], dtype=torch.float64)
+    forced = torch.tensor([1, 0, 4])
+    for k in (6, 7, 8, 9):
+        counts = select_counts([cum], [forced], k)
+        scores = forced_scores(cum, forced)
+        keep = lowest_k_masks([scores], k)[0]
+        removed = scores[~keep]
+        expected = removed[torch.isfinite(removed)].max().item()
+        assert kept_threshold([cum], [forced], counts) == expected
+    assert kept_threshold([cum], [forced], select_counts([cum], [forced], 7)) == 1.0
+    assert kept_threshold([cum], [forced], select_counts([cum], [forced], 5)) is None  # the forced steps only
+    only_forced = select_counts([cum[2:]], [forced[2:]], 4)
+    assert kept_threshold([cum[2:]], [forced[2:]], only_forced) is None
+
+
+def test_woodfisher_saliencies_keep_float64():
+    # issue 12.2: saliencies were returned in float32, so near-equal ones tied and were ranked by position
+    w = torch.tensor([[1.0, 1.0 + 1e-12]], dtype=torch.float64)
+    hinv = torch.eye(2, dtype=torch.float64)[None]
+    scores = woodfisher_saliency(w, hinv)
+    assert scores.dtype == torch.float64 and scores[0, 0] < scores[0, 1]
+    assert lowest_k_masks([scores.flip(1)], 1)[0].tolist() == [[True, False]]
