@@ -247,14 +247,15 @@ def output_hessian_factor(
     in expectation with ``samples``): ``Λ_n`` is the Hessian of image ``n``'s loss in its output, where ``loss`` is
     the mean over the ``num_images`` images of the batch.
 
-    * Outputs of one vector per image (logits, ``C ≤ max_exact`` entries, or any ``C`` with ``samples=None``…):
-      ``Λ_n`` is formed by ``C`` double-backward products through the loss function alone, then factored by its
+    * Outputs of one vector per image (logits): ``Λ_n`` is formed by ``C`` double-backward products through the loss function alone, then factored by its
       eigen-decomposition (eigenvalues clipped at 0): the ``rank`` directions ``√λ_i v_i`` give the exact
       Gauss–Newton matrix. With ``samples=k`` (or ``C > max_exact``), ``k`` Gaussian draws ``V diag(√λ) ξ / √k``
       give an unbiased estimate instead (for ImageNet's 1,000 classes).
-    * Outputs of several vectors per image (a backbone's hidden states): ``Λ_n`` must be a multiple of the
+    * Outputs of several vectors per image (a backbone's hidden states): ``Λ_n`` must be a multiple ``c·I`` of the
       identity — as for ``loss="kl"``, whose hidden-state loss is ``½‖f − f_ref‖²`` per image (checked with one
-      product) — and ``k = samples or 16`` Gaussian directions ``√c ξ / √k`` give an unbiased estimate.
+      product). With at most ``max_exact`` output entries per image and ``samples=None``, the ``√c`` unit vectors
+      give the exact matrix; otherwise ``k = samples or 16`` Gaussian directions ``√c ξ / √k`` give an unbiased
+      estimate.
 
     Raises:
         GateError: hidden-state outputs whose loss Hessian is not a multiple of the identity.
@@ -290,6 +291,10 @@ def output_hessian_factor(
             "SOSP-I's Gauss–Newton matrix on hidden-state outputs (a backbone without a head) needs a loss whose Hessian "
             "in those outputs is a multiple of the identity: use loss='kl' (½‖f − f_ref‖² per image), or SOSP-H."
         )
+    per_image = outputs[0].numel()
+    if samples is None and per_image <= max_exact:  # the exact factor √c·I, one direction per output entry
+        basis = torch.eye(per_image, dtype=dtype, device=outputs.device).reshape(per_image, 1, *outputs.shape[1:])
+        return basis.expand(per_image, *outputs.shape) * scale**0.5
     samples = samples or 16
     noise = torch.randn((samples, *outputs.shape), generator=generator, dtype=dtype).to(outputs.device)
     return noise * (scale / samples) ** 0.5
@@ -393,15 +398,17 @@ class GateGaussNewton(GradientObserver):
         gates: :class:`StructureGates` with ``per_sample=True``.
         samples: Monte Carlo directions per image instead of the exact factor (see :func:`output_hessian_factor`).
         seed: seed of those directions (drawn per batch index, so any number of processes draws the same).
+        exact_limit: outputs of at most this many entries per image get the exact factor when ``samples`` is
+            ``None`` (``max_exact`` of :func:`output_hessian_factor`).
 
     After the pass: :attr:`gradient` (``S``, float64) and :attr:`gauss_newton` (``S × S``, the gates' dtype:
     float32, or float64 for a float64 model), averaged over images and processes.
     """
 
-    def __init__(self, gates: StructureGates, *, samples: int | None = None, seed: int = 0):
+    def __init__(self, gates: StructureGates, *, samples: int | None = None, seed: int = 0, exact_limit: int = 64):
         if not gates.per_sample:
             raise GateError("GateGaussNewton takes per-image gates (StructureGates(..., per_sample=True)).")
-        self.gates, self.samples, self.seed = gates, samples, seed
+        self.gates, self.samples, self.seed, self.exact_limit = gates, samples, seed, exact_limit
         device = gates.gates[0].device
         size = gates.num_structures
         self._gradient = torch.zeros(size, dtype=torch.float64, device=device)
@@ -425,7 +432,7 @@ class GateGaussNewton(GradientObserver):
             full = [next(grads) if t is not None else None for t in leaves]
             self._gradient += step.num_images * _flat(full, like).sum(0)
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step.index)
-            factor = output_hessian_factor(step.loss, outputs, num_images=step.num_images, samples=self.samples, generator=generator)
+            factor = output_hessian_factor(step.loss, outputs, num_images=step.num_images, samples=self.samples, generator=generator, max_exact=self.exact_limit)
             self.directions = max(self.directions, factor.shape[0])
             for position, direction in enumerate(factor):
                 last = position == factor.shape[0] - 1 and not step.retain_graph
