@@ -76,6 +76,13 @@ def _statistics_dtype(model: nn.Module) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _math_attention():
+    """A context running scaled-dot-product attention through its math kernel (differentiable twice)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def gauss_newton_bytes(num_structures: int, dtype: torch.dtype = torch.float32) -> int:
     """Bytes of an ``S × S`` gate-space Gauss–Newton matrix (18,504 structures of DeiT-S: 1.37 GB in float32)."""
     return num_structures * num_structures * (torch.finfo(dtype).bits // 8)
@@ -96,9 +103,20 @@ class StructureGates:
             (leaf tensors for the gradient engine).
         capture_outputs: keep the model's output tensor (logits, else the last hidden state) of the last forward pass
             that records a graph, as :attr:`outputs` (for Gauss–Newton products).
+        second_derivatives: while attached, scaled-dot-product attention runs its math kernel, whose backward pass can
+            be differentiated again (the fused kernels' cannot): needed by double backward (Hessian- and
+            Gauss–Newton-vector products). Default: with shared gates.
     """
 
-    def __init__(self, model: nn.Module, groups: Sequence[StructureGroup], *, per_sample: bool = False, capture_outputs: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: Sequence[StructureGroup],
+        *,
+        per_sample: bool = False,
+        capture_outputs: bool = False,
+        second_derivatives: bool | None = None,
+    ):
         self.model = model
         self.groups = list(groups)
         if not self.groups:
@@ -114,7 +132,9 @@ class StructureGates:
         self.gates = [torch.ones(n, dtype=self.dtype, device=device) for n in self.sizes]
         self.sample_gates: dict[int, torch.Tensor] = {}
         self.outputs: torch.Tensor | None = None
+        self.second_derivatives = not per_sample if second_derivatives is None else second_derivatives
         self._handles: list = []
+        self._attention = None
 
     @property
     def num_structures(self) -> int:
@@ -129,6 +149,9 @@ class StructureGates:
     def attach(self) -> "StructureGates":
         if self._handles:
             return self
+        if self.second_derivatives:
+            self._attention = _math_attention()
+            self._attention.__enter__()
         self._handles.append(self.model.register_forward_pre_hook(self._start_pass))
         if self.capture_outputs:
             self._handles.append(self.model.register_forward_hook(self._capture))
@@ -142,6 +165,9 @@ class StructureGates:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._attention is not None:
+            self._attention.__exit__(None, None, None)
+            self._attention = None
         self.sample_gates = {}
         self.outputs = None
 
@@ -286,7 +312,8 @@ def output_hessian_factor(
     probe = torch.randn(outputs.shape, generator=generator, dtype=dtype).to(outputs.device)
     product = _output_hessian_product(loss, outputs, probe, first=first).to(dtype) * num_images
     scale = float((product * probe).sum() / probe.square().sum())
-    if scale < 0 or not torch.allclose(product, scale * probe, rtol=1e-3, atol=1e-6 * max(1.0, abs(scale))):
+    tolerance = max(1e-3, 8 * torch.finfo(outputs.dtype).eps)  # the product passes through the output's dtype
+    if scale < 0 or not torch.allclose(product, scale * probe, rtol=tolerance, atol=tolerance * max(1e-3, abs(scale))):
         raise GateError(
             "SOSP-I's Gauss–Newton matrix on hidden-state outputs (a backbone without a head) needs a loss whose Hessian "
             "in those outputs is a multiple of the identity: use loss='kl' (½‖f − f_ref‖² per image), or SOSP-H."

@@ -183,7 +183,7 @@ def test_gates_leave_the_model_unchanged_and_are_removed():
         after = model(pixel_values=batches[0]["pixel_values"]).logits
         for gate in gates.leaves():
             gate.requires_grad_(False)
-    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-14)  # γ = 1 (attention's math kernel: last bits)
     assert not any(m._forward_pre_hooks for m in model.modules())
 
 

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ from ...structured.groups import KIND_NOUNS
 from ...utils import get_logger
 from ...utils.memory import available_memory, format_bytes
 from ..base import PruningError, PruningResult
-from .config import CUSTOM_LOSS, SOSP_LOSS_OPTIONS, SOSPConfig, SOSPHConfig, SOSPIConfig
+from .config import CUSTOM_LOSS, SOSPConfig, SOSPHConfig, SOSPIConfig
 from .saliency import predicted_loss_change, sosp_h_saliency, sosp_i_saliency
 
 __all__ = ["SOSPPruner"]
@@ -41,19 +40,6 @@ logger = get_logger(__name__)
 
 _CORE_UNITS = {"structures": "units", "parameters": "parameters", "macs": "macs"}
 _BUDGET_LABELS = {"units": "structures", "parameters": "parameters", "macs": "MACs"}
-
-
-@contextmanager
-def _attention_with_second_derivatives():
-    """Scaled-dot-product attention through its math kernel: the fused kernels' backward passes cannot be
-    differentiated again, which SOSP-H's double backward needs."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - torch < 2.3
-        yield
-        return
-    with sdpa_kernel([SDPBackend.MATH]):
-        yield
 
 
 class SOSPPruner(StructuredPruner):
@@ -127,10 +113,8 @@ class SOSPPruner(StructuredPruner):
         config: SOSPConfig = self.config
         pairs = self._second_order_pairs
         batches = _batches(calibration)
-        exact_hvp = not pairs
-        context = _attention_with_second_derivatives() if exact_hvp else nullcontext()
         try:
-            with context, StructureGates(model, groups, per_sample=pairs, capture_outputs=pairs or config.hessian == "gauss_newton") as gates:
+            with StructureGates(model, groups, per_sample=pairs, capture_outputs=pairs or config.hessian == "gauss_newton") as gates:
                 if pairs:
                     observer = GateGaussNewton(gates, samples=config.gn_samples, seed=config.seed)
                 else:
