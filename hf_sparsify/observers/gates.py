@@ -50,6 +50,7 @@ from torch import nn
 
 from ..adapters import StructureGroup
 from ..errors import HfSparsifyError
+from ..utils import get_logger
 from .gradients import GradientObserver, GradientStep, model_features
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "gauss_newton_vector_product",
     "output_hessian_factor",
 ]
+
+logger = get_logger(__name__)
 
 #: how :class:`GateCurvature` multiplies by the gate-space Hessian
 CURVATURES = ("exact", "gauss_newton")
@@ -228,9 +231,9 @@ class StructureGates:
 
 
 # ---------------------------------------------------------------------------------------------- curvature products
-def _flat(values: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-group gradients (``None``: zeros) over the last dimension, in float64."""
-    return torch.cat([torch.zeros(t.shape, dtype=torch.float64, device=t.device) if v is None else v.to(torch.float64) for v, t in zip(values, like)], dim=-1)
+def _flat(values: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Concatenate per-group gradients (``None``: zeros shaped as in ``like``) over the last dimension."""
+    return torch.cat([torch.zeros(t.shape, dtype=dtype, device=t.device) if v is None else v.to(dtype) for v, t in zip(values, like)], dim=-1)
 
 
 def _output_hessian_product(loss: torch.Tensor, outputs: torch.Tensor, vector: torch.Tensor, *, first: torch.Tensor | None = None) -> torch.Tensor:
@@ -417,9 +420,10 @@ class GateGaussNewton(GradientObserver):
     """SOSP-I's statistics: the mean gate gradient ``g`` and the gate-space Gauss–Newton matrix
     ``G = (1/N) Σ_n J_nᵀ Λ_n J_n`` over the calibration images (see the module docstring).
 
-    Each batch takes one backward pass for ``g`` and one per direction of :func:`output_hessian_factor` (the rank of
-    ``Λ_n``: 9 for 10 classes; ``samples`` for many classes or hidden-state outputs), each giving the rows
-    ``u_nᵀ J_n`` of every image at once through per-image gates; ``G += RᵀR``.
+    Each batch takes one backward pass for ``g`` and vector-Jacobian products along every direction of
+    :func:`output_hessian_factor` (the rank of ``Λ_n``: 9 for 10 classes; ``samples`` for many classes or
+    hidden-state outputs), ``chunk`` directions per vectorised backward pass, each giving the rows ``u_nᵀ J_n`` of
+    every image at once through per-image gates; ``G += RᵀR``.
 
     Args:
         gates: :class:`StructureGates` with ``per_sample=True``.
@@ -427,12 +431,14 @@ class GateGaussNewton(GradientObserver):
         seed: seed of those directions (drawn per batch index, so any number of processes draws the same).
         exact_limit: outputs of at most this many entries per image get the exact factor when ``samples`` is
             ``None`` (``max_exact`` of :func:`output_hessian_factor`).
+        chunk: directions differentiated together in one vectorised backward pass (memory: ``chunk`` times the
+            activation gradients of a batch).
 
     After the pass: :attr:`gradient` (``S``, float64) and :attr:`gauss_newton` (``S × S``, the gates' dtype:
     float32, or float64 for a float64 model), averaged over images and processes.
     """
 
-    def __init__(self, gates: StructureGates, *, samples: int | None = None, seed: int = 0, exact_limit: int = 64):
+    def __init__(self, gates: StructureGates, *, samples: int | None = None, seed: int = 0, exact_limit: int = 64, chunk: int = 16):
         if not gates.per_sample:
             raise GateError("GateGaussNewton takes per-image gates (StructureGates(..., per_sample=True)).")
         self.gates, self.samples, self.seed, self.exact_limit = gates, samples, seed, exact_limit
@@ -445,6 +451,20 @@ class GateGaussNewton(GradientObserver):
         self.gauss_newton: torch.Tensor | None = None
         self.num_images = 0
         self.directions = 0
+        self.chunk = chunk
+        self._batched = True
+
+    def _rows(self, outputs: torch.Tensor, leaves: list[torch.Tensor], block: torch.Tensor) -> Sequence[torch.Tensor | None]:
+        """``u_nᵀ J_n`` of every image for each direction of ``block`` (``c × outputs.shape``): one vectorised
+        backward pass (``is_grads_batched``), or one per direction where vectorisation is unavailable."""
+        if self._batched:
+            try:
+                return torch.autograd.grad(outputs, leaves, grad_outputs=block, retain_graph=True, allow_unused=True, is_grads_batched=True)
+            except RuntimeError as err:  # an op without a batching rule, or too little memory for the block
+                logger.info(f"hf_sparsify: vectorised vector-Jacobian products unavailable ({str(err).splitlines()[0]}); one backward pass per direction.")
+                self._batched = False
+        per_direction = [torch.autograd.grad(outputs, leaves, grad_outputs=u, retain_graph=True, allow_unused=True) for u in block]
+        return [None if parts[0] is None else torch.stack(parts) for parts in zip(*per_direction)]
 
     def observe(self, step: GradientStep) -> None:
         leaves = self.gates.batch_leaves()
@@ -461,11 +481,13 @@ class GateGaussNewton(GradientObserver):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step.index)
             factor = output_hessian_factor(step.loss, outputs, num_images=step.num_images, samples=self.samples, generator=generator, max_exact=self.exact_limit)
             self.directions = max(self.directions, factor.shape[0])
-            for position, direction in enumerate(factor):
-                last = position == factor.shape[0] - 1 and not step.retain_graph
-                rows = torch.autograd.grad(outputs, present, grad_outputs=direction.to(outputs.dtype), retain_graph=not last, allow_unused=True)
+            for start in range(0, factor.shape[0], self.chunk):
+                block = factor[start : start + self.chunk].to(outputs.dtype)
+                rows = self._rows(outputs, present, block)
                 rows = iter(rows)
-                matrix = _flat([next(rows) if t is not None else None for t in leaves], like).to(self._matrix.dtype)
+                columns = [next(rows) if t is not None else None for t in leaves]
+                like_block = [c if c is not None else torch.zeros(block.shape[0], *t.shape, dtype=t.dtype, device=t.device) for c, t in zip(columns, like)]
+                matrix = _flat(columns, like_block, self._matrix.dtype).reshape(-1, self.gates.num_structures)
                 self._matrix.addmm_(matrix.T, matrix)
         self._images += step.num_images
 

@@ -218,3 +218,17 @@ def test_half_precision_models_give_finite_float32_statistics(dtype):
 def test_gauss_newton_bytes():
     assert gauss_newton_bytes(18_504) == 18_504**2 * 4  # DeiT-S: 1.37 GB in float32
     assert gauss_newton_bytes(10, torch.float64) == 800
+
+
+@pytest.mark.parametrize("family", ["deit", "convnext"])
+def test_vectorised_and_per_direction_products_agree(family):
+    model, groups, batches = _case(family)
+    matrices = []
+    for batched in (True, False):
+        with StructureGates(model, groups, per_sample=True) as gates:
+            observer = GateGaussNewton(gates, chunk=3)
+            observer._batched = batched
+            run_gradients(model, batches, observer, loss="labels")
+        assert observer._batched == batched  # the vectorised path ran without falling back
+        matrices.append(observer.gauss_newton)
+    torch.testing.assert_close(matrices[0], matrices[1], rtol=1e-12, atol=1e-15)
