@@ -29,6 +29,9 @@ _LAZY: dict[str, str] = {
     "WoodFisherConfig": ".methods.cap",
     "MagnitudeConfig": ".methods.magnitude",
     "VBPConfig": ".methods.vbp",
+    "SOSPConfig": ".methods.sosp",
+    "SOSPHConfig": ".methods.sosp",
+    "SOSPIConfig": ".methods.sosp",
     "CalibrationData": ".data",
     "CalibrationDataError": ".data",
     "load_image_dataset": ".data",
@@ -94,6 +97,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .methods.base import Pruner, PruningError, PruningResult
     from .methods.cap import CAPConfig, FastCAPConfig, WoodFisherConfig
     from .methods.magnitude import MagnitudeConfig
+    from .methods.sosp import SOSPConfig, SOSPHConfig, SOSPIConfig
     from .methods.vbp import VBPConfig
     from .modeling import AutoSparseModel, AutoSparseModelForImageClassification
     from .pruned import save_pretrained
