@@ -109,10 +109,12 @@ class SOSPPruner(StructuredPruner):
         if self._second_order_pairs:
             self._check_memory(model, groups)
 
-    def score(self, model, adapter, groups, calibration, *, device, disable_tqdm, result) -> dict[str, torch.Tensor]:
+    def curvature(self, model, groups, calibration, *, device, disable_tqdm, timings) -> dict[str, Any]:
+        """One pass of the gradient engine over the calibration data with the gates on ``groups``: ``{"gradient": g,
+        "curvature": G·1 (SOSP-H) or the S × S Gauss–Newton matrix (SOSP-I), "num_images", "num_batches",
+        "directions"}``, averaged over images and processes."""
         config: SOSPConfig = self.config
         pairs = self._second_order_pairs
-        batches = _batches(calibration)
         try:
             with StructureGates(model, groups, per_sample=pairs, capture_outputs=pairs or config.hessian == "gauss_newton") as gates:
                 if pairs:
@@ -120,17 +122,26 @@ class SOSPPruner(StructuredPruner):
                 else:
                     observer = GateCurvature(gates, curvature=config.hessian)
                 run = run_gradients(
-                    model, batches, observer, loss=config.loss, device=device, seed=config.seed, timings=result.timings,
+                    model, _batches(calibration), observer, loss=config.loss, device=device, seed=config.seed, timings=timings,
                     desc=f"{config.method} curvature", disable_tqdm=disable_tqdm,
                 )  # fmt: skip
         except (GradientError, GateError) as err:
             raise PruningError(f"{self.title} could not compute its curvature: {err}") from None
-        gradient = observer.gradient
-        if pairs:
-            curvature = observer.gauss_newton
+        return {
+            "gradient": observer.gradient,
+            "curvature": observer.gauss_newton if pairs else observer.hessian_vector,
+            "num_images": run.num_images,
+            "num_batches": run.num_batches,
+            "directions": observer.directions if pairs else None,
+        }
+
+    def score(self, model, adapter, groups, calibration, *, device, disable_tqdm, result) -> dict[str, torch.Tensor]:
+        config: SOSPConfig = self.config
+        stats = self.curvature(model, groups, calibration, device=device, disable_tqdm=disable_tqdm, timings=result.timings)
+        gradient, curvature = stats["gradient"], stats["curvature"]
+        if self._second_order_pairs:
             saliency = sosp_i_saliency(gradient, curvature, first_order=config.first_order)
         else:
-            curvature = observer.hessian_vector
             saliency = sosp_h_saliency(gradient, curvature, form=config.saliency, first_order=config.first_order)
         if not bool(torch.isfinite(saliency).all()):
             raise PruningError(
@@ -141,13 +152,13 @@ class SOSPPruner(StructuredPruner):
         self._removed: dict[str, torch.Tensor] = {}
         self._facts = {
             "num_structures": int(gradient.numel()),
-            "num_calibration_samples": run.num_images,
-            "num_batches": run.num_batches,
+            "num_calibration_samples": stats["num_images"],
+            "num_batches": stats["num_batches"],
         }
-        if pairs:
+        if self._second_order_pairs:
             self._facts["gauss_newton_bytes"] = gauss_newton_bytes(int(gradient.numel()), curvature.dtype)
-            self._facts["gauss_newton_directions"] = observer.directions
-        return {g.name: s for g, s in zip(groups, gates.split(self._saliency))}
+            self._facts["gauss_newton_directions"] = stats["directions"]
+        return {g.name: s for g, s in zip(groups, self._saliency.split([g.num_units for g in groups]))}
 
     def describe_removal(self, model, group: StructureGroup, keep: torch.Tensor, removed: torch.Tensor) -> dict[str, Any]:
         self._removed[group.name] = removed.clone()
