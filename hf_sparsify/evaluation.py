@@ -9,7 +9,9 @@ without a network:
 >>> metric = load_metric("accuracy")                       # an evaluate.Metric, no Hub access
 >>> metric.compute(predictions=[0, 1, 1], references=[0, 1, 0])
 {'accuracy': 0.6666666666666666}
->>> trainer = Trainer(..., compute_metrics=compute_accuracy)
+>>> import numpy as np
+>>> compute_accuracy((np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1])))   # what Trainer(compute_metrics=...) calls
+{'accuracy': 0.5}
 ```
 """
 
