@@ -228,3 +228,14 @@ def method_overrides(args: argparse.Namespace, options: list[MethodOption], meth
             )
         overrides[option.name] = _convert(value, option.hints[method], option.flag, method)
     return overrides
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number ≥ 1 (``--batch-size``, ``--limit``, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value

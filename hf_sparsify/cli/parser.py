@@ -15,7 +15,7 @@ from ..configuration import available_methods, get_method
 from ..errors import HfSparsifyError
 from . import commands, speed
 from .commands import DTYPES
-from .options import TARGET_FLAG, add_method_options
+from .options import TARGET_FLAG, add_method_options, positive_int
 
 __all__ = ["ONE_LINE_ERRORS_PARSER", "add_commands", "build_parser", "main", "run"]
 
@@ -34,16 +34,6 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 #: the parser class of the commands (``optimum-cli sparsify`` builds its sub-commands with it too)
 ONE_LINE_ERRORS_PARSER = _ArgumentParser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a whole number ≥ 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
 
 
 def _add_common(parser: argparse.ArgumentParser, *, device: bool = True, dtype: bool = True) -> None:
@@ -95,8 +85,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("model", help="Hub model id or local folder (with its preprocessor_config.json)")
     p.add_argument("--data", required=True, help="Hub dataset id, datasets folder, parquet file or image folder")
     p.add_argument("--split", default="test", help="split of the data (default: test)")
-    p.add_argument("--limit", type=_positive_int, help="evaluate on N rows drawn at random (seeded)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--limit", type=positive_int, help="evaluate on N rows drawn at random (seeded)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default: 0)")
     _add_common(p)
     p.set_defaults(**{COMMAND_ATTRIBUTE: commands.cmd_evaluate})

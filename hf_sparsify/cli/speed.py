@@ -22,6 +22,7 @@ from typing import Any
 
 from .commands import CLIError
 from .commands import cmd_card as _cmd_card
+from .options import positive_int
 
 __all__ = ["SPEED_DTYPES", "add_benchmark_options", "add_speed_commands", "cmd_benchmark", "cmd_card", "cmd_export", "record_card_benchmark"]
 
@@ -31,16 +32,6 @@ RUNTIME_CHOICES = ("eager", "compile", "onnxruntime", "semi-structured")
 
 def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a whole number ≥ 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -58,10 +49,10 @@ def add_benchmark_options(parser: argparse.ArgumentParser, *, baseline_help: str
     parser.add_argument("--baseline", metavar="MODEL", help=baseline_help)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:1...) (default: cpu)")
     parser.add_argument("--dtype", choices=SPEED_DTYPES, default="fp32", help="precision the models run in (default: fp32)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward (default: 1)")
-    parser.add_argument("--image-size", type=_positive_int, help="square input size in pixels (default: the model config's image_size)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward (default: 1)")
+    parser.add_argument("--image-size", type=positive_int, help="square input size in pixels (default: the model config's image_size)")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="eager", help="what runs the model (default: eager PyTorch)")
-    parser.add_argument("--min-repeats", type=_positive_int, default=10, help="timed runs of each model at least (default: 10)")
+    parser.add_argument("--min-repeats", type=positive_int, default=10, help="timed runs of each model at least (default: 10)")
     parser.add_argument("--max-seconds", type=_positive_float, default=120.0, help="stop timing after this long (default: 120)")
     parser.add_argument("--precision", type=_positive_float, default=0.02, help="stop once each median's 95%% interval is within ± this fraction (default: 0.02)")
 
@@ -89,9 +80,9 @@ def add_speed_commands(subparsers, command_attribute: str) -> None:
     )  # fmt: skip
     p.add_argument("model", help="Hub model id or local folder")
     p.add_argument("output", help="a path ending in .onnx, or a folder")
-    p.add_argument("--image-size", type=_positive_int, help="square input size (default: the config's image_size); the batch is dynamic")
+    p.add_argument("--image-size", type=positive_int, help="square input size (default: the config's image_size); the batch is dynamic")
     p.add_argument("--dtype", choices=SPEED_DTYPES, help="export precision (default: the checkpoint's)")
-    p.add_argument("--opset", type=_positive_int, help="ONNX opset version (default: torch's)")
+    p.add_argument("--opset", type=positive_int, help="ONNX opset version (default: torch's)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against PyTorch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model.onnx")
     p.set_defaults(**{command_attribute: cmd_export})
