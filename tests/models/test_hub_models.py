@@ -36,12 +36,8 @@ from tests.models.hub_configs import CHECKPOINTS, build_model, image_batches, pi
 
 #: the checkpoints with attention heads (each once: not again with its backbone class)
 TRANSFORMER_CHECKPOINTS = [name for name in CHECKPOINTS if "convnext" not in name and not name.endswith(("(backbone)", "(headless)"))]
-_NO_LOSS = (
-    "transformers' DeiTForImageClassificationWithTeacher is inference-only: it returns no loss for labels, so "
-    "loss='labels' has no gradient (the gradient engine's labels loss needs a cross-entropy-of-logits fallback)"
-)
-#: known failures (strict: once fixed they fail the suite, so that this list shrinks)
-KNOWN_FAILURES = {(m, "facebook/deit-small-distilled-patch16-224"): _NO_LOSS for m in ("cap", "woodfisher", "fastcap")}
+#: known failures (strict: once fixed they fail the suite, so that this list shrinks); none at present
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _method_cases():

@@ -159,7 +159,7 @@ class _GradientFisherPruner(Pruner):
         result.info["gradient_passes"] = result.info.get("gradient_passes", 0) + 1
         if first:
             result.info["num_grads"] = stats.num_grads
-            result.info["calibration_images"] = result.info.get("calibration_images", 0) + stats.num_images
+            result.info["num_calibration_samples"] = result.info.get("num_calibration_samples", 0) + stats.num_images
         return stats
 
     def _step_sparsity(self, already: int, numel: int, step: int) -> float:

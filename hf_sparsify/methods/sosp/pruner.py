@@ -79,8 +79,8 @@ class SOSPPruner(StructuredPruner):
             min_field="min_heads_per_layer / min_neurons_per_layer",
         )
 
-    def plan(self, model, adapter) -> list[str]:
-        lines = super().plan(model, adapter)
+    def plan(self, model, adapter, *, device=None) -> list[str]:
+        lines = super().plan(model, adapter, device=device)
         config: SOSPConfig = self.config
         groups = self.select(adapter)
         size = sum(g.num_units for g in groups)

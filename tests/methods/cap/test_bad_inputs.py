@@ -82,11 +82,18 @@ def test_backbone_without_labels_loss_names_the_options():
         hf_sparsify.prune(model, CAPConfig(fisher_block_size=16, num_grads=1), tiny_batches(model, 1))
 
 
-def test_teacher_model_without_a_loss_names_the_options():
+def test_teacher_model_without_a_loss_prunes_on_the_cross_entropy_of_its_logits():
+    """DeiTForImageClassificationWithTeacher is inference-only (it returns no loss): loss='labels' falls back to the
+    cross-entropy of the logits it predicts with (the mean of its two heads)."""
+    import torch
+
+    from hf_sparsify.observers.gradients import _labels_loss
+
     model = make_tiny_model("deit_teacher")
-    with pytest.raises(PruningError, match=r"DeiTForImageClassificationWithTeacher .*loss='features'"):
-        hf_sparsify.prune(model, CAPConfig(fisher_block_size=16, num_grads=1), tiny_batches(model, 1))
-    pruned = hf_sparsify.prune(model, CAPConfig(fisher_block_size=16, num_grads=2, loss="features"), tiny_batches(model, 2))
+    batch = tiny_batches(model, 1)[0]
+    expected = torch.nn.functional.cross_entropy(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+    torch.testing.assert_close(_labels_loss(model, batch, 0), expected)
+    pruned = hf_sparsify.prune(model, CAPConfig(fisher_block_size=16, num_grads=2), tiny_batches(model, 2))
     assert hf_sparsify.sparsity_report(pruned).sparsity > 0.4
 
 

@@ -48,7 +48,7 @@ def test_every_dtype_prunes(dtype, method, loss, mixed_precision):
     pruned = hf_sparsify.prune(model, config, batches)
     result = pruned.pruning_result
     assert result.info["fisher_dtype"] == "float64"  # statistics in float64 whatever the model's dtype
-    assert result.info["num_grads"] == 3 and result.info["calibration_images"] == 12
+    assert result.info["num_grads"] == 3 and result.info["num_calibration_samples"] == 12
     layers = get_adapter(pruned).prunable_layers()
     assert all(l.weight.dtype == DTYPES[dtype] for l in layers)
     zeros = sum(int((l.weight == 0).sum()) for l in layers)

@@ -303,12 +303,12 @@ def test_recomputations_build_each_calibration_batch_once():
     pruned = hf_sparsify.prune(model, config, _image_dataset(), image_processor=processor)
     assert processor.images == 3 * 4 * 2
     info = pruned.pruning_result.info
-    assert info["gradient_passes"] == 3 and info["calibration_images"] == 24 and info["num_grads"] == 4
+    assert info["gradient_passes"] == 3 and info["num_calibration_samples"] == 24 and info["num_grads"] == 4
     # layer streaming collects the same batches twice per group: built again, but counted once
     processor.images = 0
     streamed = hf_sparsify.prune(model, config.replace(num_recomputations=1, max_fisher_memory_gb=0.0006), _image_dataset(), image_processor=processor)
     info = streamed.pruning_result.info
-    assert info["fisher_groups"] > 2 and info["calibration_images"] == 8
+    assert info["fisher_groups"] > 2 and info["num_calibration_samples"] == 8
     assert processor.images == info["gradient_passes"] * 8
 
 
@@ -324,9 +324,9 @@ def test_a_dataloader_that_cannot_follow_grad_batch_size_is_refused():
         hf_sparsify.prune(model, CAPConfig(fisher_block_size=16, num_grads=2, grad_batch_size=4), batches)
     # without grad_batch_size the loader's own batches are used, and the result counts their images
     pruned = hf_sparsify.prune(model, CAPConfig(fisher_block_size=16, num_grads=3), loader)
-    assert pruned.pruning_result.info["num_grads"] == 3 and pruned.pruning_result.info["calibration_images"] == 9
+    assert pruned.pruning_result.info["num_grads"] == 3 and pruned.pruning_result.info["num_calibration_samples"] == 9
     pruned = hf_sparsify.prune(model, CAPConfig(fisher_block_size=16, num_grads=3, grad_batch_size=3), loader)
-    assert pruned.pruning_result.info["calibration_images"] == 9
+    assert pruned.pruning_result.info["num_calibration_samples"] == 9
 
 
 # ------------------------------------------------------------------------------------------ plan and memory
