@@ -206,23 +206,29 @@ class StructureGates:
         x = args[0]
         group = self.groups[index]
         width = self.sizes[index] * group.unit_size
-        if x.shape[-1] != width:
+        # a Linear consumer reads its input features last; a (1×1) convolution reads channels at dim 1 (N, C, H, W)
+        channels_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else x.dim() - 1
+        if x.shape[channels_dim] != width:
             raise GateError(
-                f"{group.consumers[0]} receives {x.shape[-1]} input features but {group.name} has {self.sizes[index]} units of "
+                f"{group.consumers[0]} receives {x.shape[channels_dim]} input features but {group.name} has {self.sizes[index]} units of "
                 f"{group.unit_size}: the structure groups no longer match the model (take them from get_adapter(model) again)."
             )
+        # the gate's shape broadcast against x: units along channels_dim, ones elsewhere (the batch too when shared)
+        shape = [1] * x.dim()
+        shape[channels_dim] = width
         if self.per_sample:
             gate = self.sample_gates.get(index)
             if gate is None:
                 gate = torch.ones(x.shape[0], self.sizes[index], dtype=self.dtype, device=x.device, requires_grad=True)
                 self.sample_gates[index] = gate
             expanded = gate.repeat_interleave(group.unit_size, dim=-1) if group.unit_size > 1 else gate
-            expanded = expanded.reshape(x.shape[0], *([1] * (x.dim() - 2)), width)
+            shape[0] = x.shape[0]
+            expanded = expanded.reshape(shape)
         else:
             gate = self.gates[index]
             if not gate.requires_grad:
                 return None
-            expanded = gate.repeat_interleave(group.unit_size) if group.unit_size > 1 else gate
+            expanded = (gate.repeat_interleave(group.unit_size) if group.unit_size > 1 else gate).reshape(shape)
         if x.dtype in (torch.float16, torch.bfloat16):  # the product and its gradient in float32, then back
             gated = (x.to(self.dtype) * expanded).to(x.dtype)
         else:

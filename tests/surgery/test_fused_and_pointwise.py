@@ -172,3 +172,35 @@ def test_moments_of_a_pointwise_convolution_input_are_per_channel():
     assert moments.mean.shape == (20,) and moments.count == values.shape[0] == 2 * 3 * 16
     torch.testing.assert_close(moments.mean, values.mean(0))
     torch.testing.assert_close(moments.variance, values.var(0, unbiased=False))
+
+
+def test_structure_gates_on_a_pointwise_convolution_gate_its_input_channels():
+    """SOSP's gates on a 1×1-conv consumer (timm ConvNeXt's ``conv_mlp``) scale input channels (dim 1 of NCHW): the
+    gate gradient is Σ over images and pixels of ``x_s · ∂L/∂x_s``, and per-image gates sum to the shared one."""
+    from hf_sparsify.observers.gates import StructureGates
+
+    model, pixels = make_toy(), images(batch=2)
+    x = model.embed(pixels)
+    b, c, h, w = x.shape
+    tokens = x.flatten(2).transpose(1, 2)
+    x = (tokens + model.attn(tokens)).transpose(1, 2).reshape(b, c, h, w)
+    hidden = model.mlp.act(model.mlp.fc1(x)).detach().requires_grad_(True)
+    out = (model.mlp.fc2(hidden) * model.mlp.gamma.reshape(1, -1, 1, 1)).square().sum()
+    out.backward()
+    expected = (hidden * hidden.grad).sum(dim=(0, 2, 3)).double()
+
+    def mlp_loss(gates):
+        with gates:
+            return model.mlp(x.detach()).square().sum()
+
+    shared = StructureGates(model, [channel_group(model)])
+    shared.gates[0].requires_grad_(True)
+    (gradient,) = torch.autograd.grad(mlp_loss(shared), shared.gates)
+    torch.testing.assert_close(gradient.double(), expected, rtol=1e-5, atol=1e-6)
+
+    per_image = StructureGates(model, [channel_group(model)], per_sample=True)
+    with per_image:
+        loss = model.mlp(x.detach()).square().sum()
+        (rows,) = torch.autograd.grad(loss, [per_image.batch_leaves()[0]])
+    assert rows.shape == (2, 20)
+    torch.testing.assert_close(rows.sum(0).double(), expected, rtol=1e-5, atol=1e-6)
