@@ -389,6 +389,7 @@ class _BlockFisherPruner(_GradientFisherPruner):
                 config.damp,
                 name=t.name,
                 blocks_in_parallel=config.blocks_in_parallel if config.blocks_in_parallel > 0 else None,
+                relative_damp=config.nm_damp if config.nm is not None else 0.0,
             )
         if inverse_info is not None:
             inverse_info.setdefault(t.name, InverseInfo()).merge(info)
@@ -414,6 +415,8 @@ class _BlockFisherPruner(_GradientFisherPruner):
                 breakdowns[t.name] = breakdowns.get(t.name, 0) + analyses[t.name].get("breakdowns", 0)
         self._scratch_buffer = None
         self._record(targets, result, inverse_info, {name: {"pivot_breakdowns": n} for name, n in breakdowns.items() if n})
+        if config.nm is not None:
+            result.info["nm_damp"] = config.nm_damp
         return result
 
     def _prune_step(self, model, calibration, targets, groups, step, collect, result, inverse_info, disable_tqdm):

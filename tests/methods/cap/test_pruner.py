@@ -38,7 +38,10 @@ def _oracle_inputs(model, config, batches):
     for layer, layout, g in zip(layers, layouts, grads):
         g = np.stack(g)
         w = layout.to_blocks(layer.weight.detach()).double().numpy()
-        out.append((w, np.stack([oracles.damped_fisher(g[:, b], config.damp) for b in range(w.shape[0])]), layout))
+        fishers = np.stack([oracles.damped_fisher(g[:, b], 0.0) for b in range(w.shape[0])])
+        # N:M: the extra dampening relative to the layer's mean diagonal (issue 17.5)
+        extra = getattr(config, "nm_damp", 0.0) * float(np.mean(np.diagonal(fishers, axis1=1, axis2=2))) if config.nm else 0.0
+        out.append((w, fishers + (config.damp + extra) * np.eye(w.shape[1]), layout))
     return out
 
 
@@ -84,6 +87,19 @@ def test_cap_nm_pipeline_equals_the_oracle(case):
     _check_against(pruned, model, config, expected, inputs)
     for layer in _layers(pruned, config):
         assert ((layer.weight != 0).reshape(-1, 4).sum(1) <= 2).all()
+
+
+def test_cap_nm_without_relative_damping_equals_the_oracle_with_damp_alone(case):
+    # nm_damp=0 keeps the behaviour before issue 17.5 reachable; the default's oracle adds 1e-2·mean(diag)
+    model, batches = case
+    config = CAPConfig(sparsity=0.5, mask_structure="2:4", targets=TARGETS, fisher_block_size=16, num_grads=24, damp=DAMP, nm_damp=0.0)
+    pruned = hf_sparsify.prune(model, config, batches)
+    inputs = _oracle_inputs(model, config, batches)
+    expected = oracles.cap_prune_layers([(w, f) for w, f, _ in inputs], 0, nm=(4, 2))
+    _check_against(pruned, model, config, expected, inputs)
+    default = hf_sparsify.prune(model, config.replace(nm_damp=1e-2), batches)
+    assert default.pruning_result.info["nm_damp"] == 1e-2
+    assert any(not torch.equal(a.weight, b.weight) for a, b in zip(_layers(pruned, config), _layers(default, config)))
 
 
 def test_woodfisher_pipeline_equals_the_oracle(case):
