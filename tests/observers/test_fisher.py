@@ -168,3 +168,16 @@ def test_half_precision_models_accumulate_in_float64(dtype):
         assert stats.sums[t.name].dtype == torch.float64
         error = (stats.sums[t.name] - expected[r.name]).norm() / expected[r.name].norm()
         assert error < (5e-3 if dtype == torch.float16 else 5e-2)  # the rounding of the half-precision backward
+
+
+def test_the_gradient_buffer_grows_with_the_store_of_large_models():
+    # issue 17.3: at DeiT-tiny size (5.3M weights, B = 192, float64) the 256 MiB workspace alone holds 6 gradients,
+    # and every product then reads and writes the whole 7.6 GiB store for 6 gradients; a tenth of the store holds 19
+    from hf_sparsify.observers.fisher import STORE_FRACTION_FOR_BUFFER, fisher_chunk_size
+
+    targets = [FisherTarget(f"layer{i}", None, BlockLayout((768, 576), 192)) for i in range(12)]  # 5,308,416 weights
+    blocks = fisher_chunk_size(targets, torch.float64, "cpu", "blocks")
+    assert blocks == int(STORE_FRACTION_FOR_BUFFER * 192) == 19
+    assert fisher_chunk_size(targets, torch.float64, "cpu", "shared") == 6  # one B×B per layer: the workspace rule
+    small = [FisherTarget("fc1", None, BlockLayout((192, 48), 48))]
+    assert fisher_chunk_size(small, torch.float64, "cpu", "blocks") == 64
