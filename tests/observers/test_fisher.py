@@ -6,7 +6,15 @@ import torch
 from torch import nn
 
 from hf_sparsify.adapters import get_adapter
-from hf_sparsify.observers.fisher import BlockLayout, FisherTarget, GradientError, collect_fisher, resolve_block_size
+from hf_sparsify.observers.fisher import (
+    STORE_FRACTION_FOR_BUFFER,
+    BlockLayout,
+    FisherTarget,
+    GradientError,
+    collect_fisher,
+    fisher_chunk_size,
+    resolve_block_size,
+)
 from tests.conftest import make_tiny_model, tiny_batches
 
 
@@ -173,8 +181,6 @@ def test_half_precision_models_accumulate_in_float64(dtype):
 def test_the_gradient_buffer_grows_with_the_store_of_large_models():
     # issue 17.3: at DeiT-tiny size (5.3M weights, B = 192, float64) the 256 MiB workspace alone holds 6 gradients,
     # and every product then reads and writes the whole 7.6 GiB store for 6 gradients; a tenth of the store holds 19
-    from hf_sparsify.observers.fisher import STORE_FRACTION_FOR_BUFFER, fisher_chunk_size
-
     targets = [FisherTarget(f"layer{i}", None, BlockLayout((768, 576), 192)) for i in range(12)]  # 5,308,416 weights
     blocks = fisher_chunk_size(targets, torch.float64, "cpu", "blocks")
     assert blocks == int(STORE_FRACTION_FOR_BUFFER * 192) == 19

@@ -122,7 +122,7 @@ def test_the_exhaustive_nm_oracle_bounds_the_greedy_elimination():
         joint_loss, joint_weights = oracles.obs_removal(w[b], fisher, removed)
         assert greedy_loss == pytest.approx(joint_loss, rel=1e-8)
         assert rel_err(result.weights[0].numpy(), joint_weights) < 1e-8
-        exact_loss, exact_weights, exact_removed = oracles.nm_exact(w[b], fisher, (4, 2), w[b] == 0)
+        exact_loss, _, exact_removed = oracles.nm_exact(w[b], fisher, (4, 2), w[b] == 0)
         assert exact_loss <= greedy_loss * (1 + 1e-10)
         assert all(sum(j // 4 == g for j in exact_removed) >= 2 for g in range(3))  # already-zero weights count too
         gaps.append(greedy_loss / exact_loss if exact_loss > 0 else 1.0)
