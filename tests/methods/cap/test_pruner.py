@@ -389,3 +389,36 @@ def test_a_fisher_store_that_does_not_fit_is_refused_before_any_gradient():
     message = small._too_large_message(64 << 30, 8 << 30, 256 << 20, torch.device("cpu"), targets)
     assert "max_fisher_memory_gb=6.9 (layer streaming: " in message and "groups of layers" in message
     assert "fisher_dtype='float32'" in message and "FastCAP" in message
+
+
+def test_a_store_too_large_for_the_device_is_refused_with_a_streaming_setting_that_then_fits(monkeypatch):
+    # issue 17 (bad input): the device's free memory is set below the whole store but above its largest layer (the
+    # free memory of a real device cannot be chosen in a test); the suggested max_fisher_memory_gb then runs
+    import re
+
+    from hf_sparsify.methods.cap import pruner as pruner_module
+    from hf_sparsify.utils import workspace_bytes
+
+    model = make_tiny_model("vit")
+    batches = tiny_batches(model, num_batches=2, batch=2)
+    calls = []
+
+    def counting_loss(m, batch):
+        calls.append(1)
+        return m(**batch).loss
+
+    config = CAPConfig(fisher_block_size=16, num_grads=2, loss=counting_loss)
+    adapter = get_adapter(model)
+    targets = get_method("cap").pruner_class(config)._targets(adapter.select_layers())
+    store = sum(t.layout.numel * t.layout.block_size * 8 for t in targets)
+    largest = max(t.layout.numel * t.layout.block_size * 8 for t in targets)
+    free = workspace_bytes("cpu") + store // 2
+    assert largest < store // 2
+    monkeypatch.setattr(pruner_module, "available_memory", lambda device: free)
+    with pytest.raises(hf_sparsify.PruningError, match=r"Fisher blocks .* Set max_fisher_memory_gb=([0-9.e-]+) \(layer streaming: (\d+) groups") as err:
+        hf_sparsify.prune(model, config, batches)
+    assert not calls  # refused before any gradient
+    budget = float(re.search(r"max_fisher_memory_gb=([0-9.e-]+)", str(err.value)).group(1))
+    assert largest <= budget * (1 << 30) <= 0.9 * (free - workspace_bytes("cpu"))
+    pruned = hf_sparsify.prune(model, config.replace(max_fisher_memory_gb=budget), batches)
+    assert pruned.pruning_result.info["fisher_groups"] > 1 and calls
