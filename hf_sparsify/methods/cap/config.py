@@ -214,8 +214,8 @@ class BlockFisherConfig(GradientFisherConfig):
         metadata={"help": "if the Fisher blocks of all targets exceed this many GiB, layers are processed in groups that fit (layer streaming), each with its own gradient pass"},
     )
     nm_damp: float = field(
-        default=1e-2,
-        metadata={"help": "N:M masks only: extra dampening relative to the mean diagonal of each layer's Fisher (damp + nm_damp * mean(diag F)), as FastCAP's; 0: damp alone"},
+        default=3e-2,
+        metadata={"help": "N:M masks only: extra dampening relative to the mean diagonal of each layer's Fisher (damp + nm_damp * mean(diag F)); 0: damp alone"},
     )
 
     def __post_init__(self) -> None:
@@ -227,7 +227,7 @@ class BlockFisherConfig(GradientFisherConfig):
         if self.max_fisher_memory_gb is not None and not self.max_fisher_memory_gb > 0:
             raise PruningConfigError(f"max_fisher_memory_gb must be > 0 or None, got {self.max_fisher_memory_gb}.")
         if not (isinstance(self.nm_damp, (int, float)) and 0 <= self.nm_damp < float("inf")):
-            raise PruningConfigError(f"nm_damp must be a finite number ≥ 0 (relative dampening of N:M masks, e.g. 1e-2), got {self.nm_damp}.")
+            raise PruningConfigError(f"nm_damp must be a finite number ≥ 0 (relative dampening of N:M masks, e.g. 3e-2), got {self.nm_damp}.")
 
 
 @dataclass(kw_only=True)
