@@ -6,6 +6,8 @@ that each function can be checked by reading it against the papers' formulas.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 # ============================================================================================== CAP family
@@ -83,6 +85,43 @@ def obs_eliminate(w: np.ndarray, fisher: np.ndarray, pruned: np.ndarray | None =
             break
         remove(best, best_rho / 2)
     return order, cumloss, traces
+
+
+def obs_removal(w: np.ndarray, fisher: np.ndarray, removed) -> tuple[float, np.ndarray]:
+    """The exact OBS loss and weights of removing the set ``removed`` from one block at once:
+    ``L = ½ w_Qᵀ [(F⁻¹)_QQ]⁻¹ w_Q`` and ``w − F⁻¹[:, Q] [(F⁻¹)_QQ]⁻¹ w_Q`` (zero on ``Q``), the minimum of the
+    quadratic model ``½ δwᵀ F δw`` over the changes ``δw`` that zero ``Q``."""
+    q = sorted(int(i) for i in removed)
+    hinv = np.linalg.inv(fisher)
+    sub = hinv[np.ix_(q, q)]
+    x = np.linalg.solve(sub, w[q])
+    new = w - hinv[:, q] @ x
+    new[q] = 0.0
+    return 0.5 * float(w[q] @ x), new
+
+
+def nm_exact(w: np.ndarray, fisher: np.ndarray, nm: tuple[int, int], pruned: np.ndarray | None = None) -> tuple[float, np.ndarray, tuple[int, ...]]:
+    """The best N:M mask of one block by exhaustive search: every choice of ``quota`` removed weights in every
+    group of ``M`` (already-pruned weights count in their group's quota and are always removed), scored by the
+    exact OBS loss of removing them together (:func:`obs_removal`). ``nm=(M, quota)`` as in :func:`obs_eliminate`.
+    ``C(M, quota)^(B/M)`` masks: small blocks only (B ≤ 16 for 2:4). Returns ``(loss, weights, removed)``."""
+    m, quota = nm
+    b = len(w)
+    pruned = np.zeros(b, bool) if pruned is None else pruned.astype(bool)
+    per_group = []
+    for g in range(b // m):
+        members = range(g * m, (g + 1) * m)
+        forced = [j for j in members if pruned[j]]
+        free = [j for j in members if not pruned[j]]
+        need = max(0, quota - len(forced))
+        per_group.append([tuple(forced) + c for c in itertools.combinations(free, need)])
+    best = (np.inf, None, None)
+    for choice in itertools.product(*per_group):
+        removed = tuple(sorted(j for group in choice for j in group))
+        loss, new = obs_removal(w.astype(np.float64), fisher, removed)
+        if loss < best[0]:
+            best = (loss, new, removed)
+    return best
 
 
 def global_counts(cumlosses: list[list[list[float]]], forced: list[list[int]], num_remove: int) -> list[list[int]]:

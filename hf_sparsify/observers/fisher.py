@@ -54,6 +54,7 @@ __all__ = [
     "FisherStatistics",
     "GradientError",
     "collect_fisher",
+    "buffer_dtype",
     "fisher_chunk_size",
     "make_loss",
     "model_features",
@@ -166,10 +167,36 @@ def _exact_matmul():
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def fisher_chunk_size(targets: Sequence[FisherTarget], dtype: torch.dtype, device: torch.device | str) -> int:
-    """Gradients buffered per batched product: up to 64, within :func:`~hf_sparsify.utils.workspace_bytes`."""
-    total = sum(t.layout.numel for t in targets) * (torch.finfo(dtype).bits // 8)
-    return int(max(1, min(64, workspace_bytes(device) // max(1, total))))
+#: the gradient buffer of block sums may take up to this fraction of the Fisher store when that is more than the
+#: workspace (large models), so that the peak memory stays within the store plus 25%
+STORE_FRACTION_FOR_BUFFER = 0.05
+
+
+def buffer_dtype(targets: Sequence[FisherTarget], dtype: torch.dtype) -> torch.dtype:
+    """The dtype the gradients are buffered in before they are folded into sums of ``dtype``: float32 unless a
+    target is float64 (float32, bfloat16 and float16 gradients, the latter unscaled in float32, are float32
+    numbers, and casting them to float64 for the products is exact), so the buffer takes half the memory."""
+    if dtype == torch.float64 and any(getattr(t.weight, "dtype", None) == torch.float64 for t in targets):
+        return torch.float64
+    return torch.float32
+
+
+def fisher_chunk_size(
+    targets: Sequence[FisherTarget], dtype: torch.dtype, device: torch.device | str, mode: str = "blocks", buffered: torch.dtype | None = None
+) -> int:
+    """Gradients buffered per batched product: up to 64, within :func:`~hf_sparsify.utils.workspace_bytes` or,
+    for ``mode="blocks"``, :data:`STORE_FRACTION_FOR_BUFFER` of the Fisher store (sums of ``dtype``) when that is
+    larger; ``buffered``: the buffer's dtype (default ``dtype``).
+
+    Every product reads and writes the whole store (``d·B`` numbers) to add ``chunk`` gradients, so a small chunk
+    makes the accumulation memory-bound: at DeiT-tiny size (5.3M weights, B = 192) the 256 MiB workspace alone
+    held 6 float64 gradients, and the products ran several times below the machine's matmul rate (issue 17.3)."""
+    total = sum(t.layout.numel for t in targets) * (torch.finfo(buffered or dtype).bits // 8)
+    budget = workspace_bytes(device)
+    if mode == "blocks":
+        store = sum(t.layout.numel * t.layout.block_size for t in targets) * (torch.finfo(dtype).bits // 8)
+        budget = max(budget, int(store * STORE_FRACTION_FOR_BUFFER))
+    return int(max(1, min(64, budget // max(1, total))))
 
 
 class FisherObserver(GradientObserver):
@@ -189,7 +216,8 @@ class FisherObserver(GradientObserver):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"the Fisher sums are float32 or float64, got {dtype}")
         self.targets, self.mode, self.dtype, self.device = list(targets), mode, dtype, torch.device(device)
-        self.chunk_size = chunk_size or fisher_chunk_size(self.targets, dtype, self.device)
+        self.buffer_dtype = buffer_dtype(self.targets, dtype)
+        self.chunk_size = chunk_size or fisher_chunk_size(self.targets, dtype, self.device, mode, self.buffer_dtype)
         self.sums: dict[str, torch.Tensor] = {}
         self._buffers: dict[str, torch.Tensor] = {}
         self._masks: dict[str, torch.Tensor] = {}
@@ -197,7 +225,7 @@ class FisherObserver(GradientObserver):
             nb, b = t.layout.num_blocks, t.layout.block_size
             shape = (nb, b, b) if mode == "blocks" else (b, b)
             self.sums[t.name] = torch.zeros(shape, dtype=dtype, device=self.device)
-            self._buffers[t.name] = torch.empty((nb, self.chunk_size, b), dtype=dtype, device=self.device)
+            self._buffers[t.name] = torch.empty((nb, self.chunk_size, b), dtype=self.buffer_dtype, device=self.device)
             self._masks[t.name] = t.layout.to_blocks(t.weight.detach() != 0).to(self.device)
         self._filled = 0
         self._first_index: int | None = None
@@ -219,7 +247,8 @@ class FisherObserver(GradientObserver):
                         f"Layer {t.name} got no gradient from the loss: it is not used by the model's output; leave it "
                         "out with ignore=[...] or use another loss."
                     )
-                block = t.layout.to_blocks(grad).to(self.device, self.dtype)
+                # masked and cast to the buffer's dtype in one pass, straight into the buffer (exact: the mask is 0/1)
+                block = t.layout.to_blocks(grad).to(self.device)
                 torch.mul(block, self._masks[t.name], out=self._buffers[t.name][:, self._filled])
             self._filled += 1
             if self._filled == self.chunk_size:
@@ -237,6 +266,7 @@ class FisherObserver(GradientObserver):
                     f"Non-finite gradients for layer {t.name} (batches from index {self._first_index}): check the "
                     "calibration inputs for NaN/inf, the model's weights, and use mixed_precision='no'."
                 )
+            chunk = chunk.to(self.dtype)  # exact (float32 numbers), one layer at a time
             with _exact_matmul():
                 if self.mode == "blocks":
                     self.sums[t.name].baddbmm_(chunk.transpose(1, 2), chunk)
@@ -283,8 +313,7 @@ def collect_fisher(
         fisher_device: where the sums live (default: ``device``).
         dtype: dtype of the sums (``float64``, default, or ``float32``), whatever the model's dtype; their
             products never use TF32 (the model's forward/backward follow the user's ``torch.backends`` settings).
-        chunk_size: gradients buffered per batched product (default: up to 64, within
-            :func:`~hf_sparsify.utils.workspace_bytes` of ``fisher_device``).
+        chunk_size: gradients buffered per batched product (default: :func:`fisher_chunk_size`, up to 64).
         mixed_precision: ``"no"`` or ``"bf16"`` (autocast of the forward pass only).
         seed: seed of the random directions of ``loss="features"``.
         desc: the progress bar's label.

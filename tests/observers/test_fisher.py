@@ -6,7 +6,18 @@ import torch
 from torch import nn
 
 from hf_sparsify.adapters import get_adapter
-from hf_sparsify.observers.fisher import BlockLayout, FisherTarget, GradientError, collect_fisher, resolve_block_size
+from hf_sparsify.observers.fisher import (
+    STORE_FRACTION_FOR_BUFFER,
+    BlockLayout,
+    FisherObserver,
+    FisherTarget,
+    GradientError,
+    buffer_dtype,
+    collect_fisher,
+    fisher_chunk_size,
+    resolve_block_size,
+)
+from hf_sparsify.observers.gradients import run_gradients
 from tests.conftest import make_tiny_model, tiny_batches
 
 
@@ -168,3 +179,33 @@ def test_half_precision_models_accumulate_in_float64(dtype):
         assert stats.sums[t.name].dtype == torch.float64
         error = (stats.sums[t.name] - expected[r.name]).norm() / expected[r.name].norm()
         assert error < (5e-3 if dtype == torch.float16 else 5e-2)  # the rounding of the half-precision backward
+
+
+def test_the_gradient_buffer_grows_with_the_store_of_large_models():
+    # issue 17.3: at DeiT-tiny size (5.3M weights, B = 192, float64 sums) the 256 MiB workspace alone holds 6
+    # float64 gradients, and every product then reads and writes the whole 7.6 GiB store for 6 gradients; a
+    # twentieth of the store holds 19 gradients buffered in float32 (the gradients of a float32 model)
+    weight = nn.Parameter(torch.zeros(1))
+    targets = [FisherTarget(f"layer{i}", weight, BlockLayout((768, 576), 192)) for i in range(12)]  # 5,308,416 weights
+    assert buffer_dtype(targets, torch.float64) == torch.float32
+    blocks = fisher_chunk_size(targets, torch.float64, "cpu", "blocks", torch.float32)
+    assert blocks == int(STORE_FRACTION_FOR_BUFFER * 192 * 2) == 19
+    assert fisher_chunk_size(targets, torch.float64, "cpu", "shared", torch.float32) == 12  # one B×B per layer: the workspace rule
+    small = [FisherTarget("fc1", weight, BlockLayout((192, 48), 48))]
+    assert fisher_chunk_size(small, torch.float64, "cpu", "blocks") == 64
+    # a float64 model's gradients are buffered in float64 (no rounding)
+    assert buffer_dtype([FisherTarget("fc1", nn.Parameter(torch.zeros(1, dtype=torch.float64)), small[0].layout)], torch.float64) == torch.float64
+
+
+def test_float32_buffers_give_the_sums_of_float64_buffers():
+    model = make_tiny_model("vit")
+    layers = get_adapter(model).prunable_layers()[:3]
+    targets = [FisherTarget(l.name, l.weight, BlockLayout.for_weight(l.weight, 16)) for l in layers]
+    batches = tiny_batches(model, num_batches=5, batch=2)
+    stats = collect_fisher(model, targets, batches, chunk_size=2)
+    reference = FisherObserver(targets, chunk_size=2)
+    reference.buffer_dtype = torch.float64
+    reference._buffers = {k: v.double() for k, v in reference._buffers.items()}
+    run_gradients(model, batches, reference)
+    for t in targets:
+        assert torch.equal(stats.sums[t.name], reference.sums[t.name])

@@ -189,6 +189,11 @@ class BlockFisherConfig(GradientFisherConfig):
         max_fisher_memory_gb: if the Fisher blocks of all targets (``d·B`` floats) exceed this, the layers are
             processed in groups that fit (layer streaming), each group with its own pass of gradients; with a
             global distribution a second pass per group rebuilds the weights. ``None``: all layers at once.
+        nm_damp: N:M masks only: extra dampening relative to the mean diagonal of each layer's Fisher,
+            ``λ = damp + nm_damp·mean(diag F)``. Every block must lose ``M − N`` of every ``M`` weights, so, unlike the
+            global selection of unstructured masks, the selection cannot spare the blocks whose Fisher is poorly
+            estimated, and the OBS updates with the tiny absolute ``damp`` follow the noise of those estimates
+            (``docs/cap.md``, *N:M*). ``0``: ``damp`` alone (the behaviour before issue 17.5).
     """
 
     sparsity_distribution: str = field(
@@ -208,6 +213,10 @@ class BlockFisherConfig(GradientFisherConfig):
         default=None,
         metadata={"help": "if the Fisher blocks of all targets exceed this many GiB, layers are processed in groups that fit (layer streaming), each with its own gradient pass"},
     )
+    nm_damp: float = field(
+        default=3e-2,
+        metadata={"help": "N:M masks only: extra dampening relative to the mean diagonal of each layer's Fisher (damp + nm_damp * mean(diag F)); 0: damp alone"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -217,6 +226,8 @@ class BlockFisherConfig(GradientFisherConfig):
             raise PruningConfigError(f"blocks_in_parallel must be ≥ 1, or -1 for automatic, got {self.blocks_in_parallel}.")
         if self.max_fisher_memory_gb is not None and not self.max_fisher_memory_gb > 0:
             raise PruningConfigError(f"max_fisher_memory_gb must be > 0 or None, got {self.max_fisher_memory_gb}.")
+        if not (isinstance(self.nm_damp, (int, float)) and 0 <= self.nm_damp < float("inf")):
+            raise PruningConfigError(f"nm_damp must be a finite number ≥ 0 (relative dampening of N:M masks, e.g. 3e-2), got {self.nm_damp}.")
 
 
 @dataclass(kw_only=True)

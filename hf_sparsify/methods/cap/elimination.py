@@ -67,7 +67,7 @@ class Elimination:
 
 
 #: rank-1 downdates gathered before they are applied to the inverse blocks with one batched product
-LAZY_DOWNDATES = 32
+LAZY_DOWNDATES = 16
 
 
 @torch.no_grad()

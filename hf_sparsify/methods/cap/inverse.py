@@ -173,8 +173,11 @@ def block_fisher_inverse(
     *,
     name: str = "layer",
     blocks_in_parallel: int | None = None,
+    relative_damp: float = 0.0,
 ) -> tuple[torch.Tensor, InverseInfo]:
-    """Invert ``damp·I + sums/num_grads`` for every block, **in place** of ``sums`` (``(n, B, B)``).
+    """Invert ``λ·I + sums/num_grads`` for every block, **in place** of ``sums`` (``(n, B, B)``), with
+    ``λ = damp + relative_damp · mean(diag(sums/num_grads))`` (the mean over all blocks of the layer, as FastCAP's
+    and SparseGPT's relative dampening; ``relative_damp=0``: ``λ = damp``).
 
     Each chunk of ``blocks_in_parallel`` blocks (default: as many float64 blocks as
     :func:`~hf_sparsify.utils.workspace_bytes` holds) is inverted in float64 (:func:`spd_inverse`) and written
@@ -184,8 +187,13 @@ def block_fisher_inverse(
         raise ValueError(f"num_grads must be ≥ 1, got {num_grads}")
     if not damp > 0:
         raise ValueError(f"damp must be > 0, got {damp}")
+    if not relative_damp >= 0:
+        raise ValueError(f"relative_damp must be ≥ 0, got {relative_damp}")
     n, b, _ = sums.shape
     size = blocks_in_parallel or max(1, workspace_bytes(sums.device) // (b * b * 8))
+    if relative_damp:
+        mean_diag = float(sums.diagonal(dim1=1, dim2=2).sum(dtype=torch.float64)) / (n * b * num_grads)
+        damp = damp + relative_damp * mean_diag
     info = InverseInfo()
     for start, stop in chunks(n, size):
         fisher = sums[start:stop]

@@ -68,6 +68,15 @@ def _layer_groups(targets: list[FisherTarget], size_of, budget: float) -> list[l
     return groups
 
 
+def _round_down(value: float, digits: int = 2) -> float:
+    """``value`` rounded down to ``digits`` significant digits (``6.975 → 6.9``, ``0.00293 → 0.0029``); 0 for
+    ``value ≤ 0``: a memory budget that is safe to suggest."""
+    if value <= 0:
+        return 0.0
+    quantum = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return float(f"{math.floor(value / quantum * (1 + 1e-12)) * quantum:.{digits}g}")
+
+
 def _as_blocks(target: FisherTarget, device: torch.device) -> torch.Tensor:
     """The target's weight as ``(n, B)`` float64 blocks: the updates are computed in float64 whatever the model's
     dtype, and written back in it."""
@@ -361,7 +370,7 @@ class _BlockFisherPruner(_GradientFisherPruner):
     def _too_large_message(self, needed, available, workspace, fisher_device, targets) -> str:
         config: BlockFisherConfig = self.config
         itemsize = torch.finfo(self._fisher_dtype()).bits // 8
-        budget_gb = math.floor((available - workspace) * 0.9 / (1 << 30) * 10) / 10
+        budget_gb = _round_down((available - workspace) * 0.9 / (1 << 30))
         largest = max(targets, key=self._fisher_bytes)
         if budget_gb > 0 and self._fisher_bytes(largest) <= budget_gb * (1 << 30):
             count = len(_layer_groups(targets, self._fisher_bytes, budget_gb * (1 << 30)))
@@ -389,6 +398,7 @@ class _BlockFisherPruner(_GradientFisherPruner):
                 config.damp,
                 name=t.name,
                 blocks_in_parallel=config.blocks_in_parallel if config.blocks_in_parallel > 0 else None,
+                relative_damp=config.nm_damp if config.nm is not None else 0.0,
             )
         if inverse_info is not None:
             inverse_info.setdefault(t.name, InverseInfo()).merge(info)
@@ -414,6 +424,8 @@ class _BlockFisherPruner(_GradientFisherPruner):
                 breakdowns[t.name] = breakdowns.get(t.name, 0) + analyses[t.name].get("breakdowns", 0)
         self._scratch_buffer = None
         self._record(targets, result, inverse_info, {name: {"pivot_breakdowns": n} for name, n in breakdowns.items() if n})
+        if config.nm is not None:
+            result.info["nm_damp"] = config.nm_damp
         return result
 
     def _prune_step(self, model, calibration, targets, groups, step, collect, result, inverse_info, disable_tqdm):

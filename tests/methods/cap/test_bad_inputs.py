@@ -40,6 +40,7 @@ def test_invalid_config_values(cls, kwargs, message):
         (dict(blocks_in_parallel=0), r"blocks_in_parallel must be ≥ 1, or -1"),
         (dict(max_fisher_memory_gb=0.0), r"max_fisher_memory_gb must be > 0"),
         (dict(sparsity_distribution="layerwise"), r"sparsity_distribution='layerwise' is not one of"),
+        (dict(nm_damp=-1e-2), r"nm_damp must be a finite number ≥ 0"),
     ],
 )
 def test_invalid_block_fisher_values(kwargs, message):

@@ -107,3 +107,27 @@ def test_lazy_downdates_give_the_order_and_losses_of_rank_one_updates(lazy, nm):
         order, cumloss, traces = oracles.obs_eliminate(w[b], oracles.damped_fisher(grads[:, b], DAMP), w[b] == 0, nm)
         assert result.order[b, : len(order)].tolist() == order
         assert rel_err(result.cumloss[b, : len(cumloss)].numpy(), cumloss) < 1e-6
+
+
+def test_the_exhaustive_nm_oracle_bounds_the_greedy_elimination():
+    # issue 17.5: the greedy order under per-group quotas against the best 2:4 mask found by exhaustive search
+    w, grads, _ = random_problem(num_blocks=6, block=12, num_grads=30)
+    gaps = []
+    for b in range(6):
+        fisher = oracles.damped_fisher(grads[:, b], 1e-4)
+        result = greedy_eliminate(torch.from_numpy(w[b : b + 1]), torch.from_numpy(np.linalg.inv(fisher))[None].clone(), nm=(4, 2))
+        removed = sorted(int(j) for j in result.order[0] if j >= 0)
+        greedy_loss = float(result.cumloss[0, -1])
+        # the greedy path's cumulative loss is the joint OBS loss of its removed set, with the same weights
+        joint_loss, joint_weights = oracles.obs_removal(w[b], fisher, removed)
+        assert greedy_loss == pytest.approx(joint_loss, rel=1e-8)
+        assert rel_err(result.weights[0].numpy(), joint_weights) < 1e-8
+        exact_loss, _, exact_removed = oracles.nm_exact(w[b], fisher, (4, 2), w[b] == 0)
+        assert exact_loss <= greedy_loss * (1 + 1e-10)
+        assert all(sum(j // 4 == g for j in exact_removed) >= 2 for g in range(3))  # already-zero weights count too
+        gaps.append(greedy_loss / exact_loss if exact_loss > 0 else 1.0)
+    assert min(gaps) >= 1 - 1e-10
+    # with a diagonal Fisher the weights are independent: greedy is the exact optimum
+    diagonal = np.diag(np.arange(1.0, 13.0))
+    result = greedy_eliminate(torch.from_numpy(w[1:2]), torch.from_numpy(np.linalg.inv(diagonal))[None].clone(), nm=(4, 2))
+    assert float(result.cumloss[0, -1]) == pytest.approx(oracles.nm_exact(w[1], diagonal, (4, 2), w[1] == 0)[0], rel=1e-12)

@@ -42,6 +42,18 @@ def test_fewer_gradients_than_the_block_size_are_fine():
         assert rel_err(hinv[b].numpy(), oracles.sherman_morrison_fisher_inverse(grads[:, b], 1e-4)) < 1e-5
 
 
+def test_relative_damp_adds_a_multiple_of_the_layers_mean_diagonal():
+    # issue 17.5 (N:M): λ = damp + relative_damp · mean over all blocks of diag(Σggᵀ / m)
+    _, grads, sums = random_problem(num_blocks=4, block=8, num_grads=6, zeros=False)
+    mean_diag = float(np.mean([np.diag(oracles.damped_fisher(grads[:, b], 0.0)).mean() for b in range(4)]))
+    hinv, _ = block_fisher_inverse(sums.clone(), 6, 1e-8, relative_damp=1e-2, blocks_in_parallel=3)
+    for b in range(4):
+        reference = np.linalg.inv(oracles.damped_fisher(grads[:, b], 1e-8 + 1e-2 * mean_diag))
+        assert rel_err(hinv[b].numpy(), reference) < 1e-8
+    with pytest.raises(ValueError, match="relative_damp"):
+        block_fisher_inverse(sums.clone(), 6, 1e-8, relative_damp=-1.0)
+
+
 def test_not_positive_definite_is_retried_with_more_dampening():
     # a block with a slightly negative eigenvalue (as rounding can produce) is rescued by extra dampening
     q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))

@@ -38,7 +38,10 @@ def _oracle_inputs(model, config, batches):
     for layer, layout, g in zip(layers, layouts, grads):
         g = np.stack(g)
         w = layout.to_blocks(layer.weight.detach()).double().numpy()
-        out.append((w, np.stack([oracles.damped_fisher(g[:, b], config.damp) for b in range(w.shape[0])]), layout))
+        fishers = np.stack([oracles.damped_fisher(g[:, b], 0.0) for b in range(w.shape[0])])
+        # N:M: the extra dampening relative to the layer's mean diagonal (issue 17.5)
+        extra = getattr(config, "nm_damp", 0.0) * float(np.mean(np.diagonal(fishers, axis1=1, axis2=2))) if config.nm else 0.0
+        out.append((w, fishers + (config.damp + extra) * np.eye(w.shape[1]), layout))
     return out
 
 
@@ -84,6 +87,19 @@ def test_cap_nm_pipeline_equals_the_oracle(case):
     _check_against(pruned, model, config, expected, inputs)
     for layer in _layers(pruned, config):
         assert ((layer.weight != 0).reshape(-1, 4).sum(1) <= 2).all()
+
+
+def test_cap_nm_without_relative_damping_equals_the_oracle_with_damp_alone(case):
+    # nm_damp=0 keeps the behaviour before issue 17.5 reachable; the default (3e-2) adds 3e-2·mean(diag)
+    model, batches = case
+    config = CAPConfig(sparsity=0.5, mask_structure="2:4", targets=TARGETS, fisher_block_size=16, num_grads=24, damp=DAMP, nm_damp=0.0)
+    pruned = hf_sparsify.prune(model, config, batches)
+    inputs = _oracle_inputs(model, config, batches)
+    expected = oracles.cap_prune_layers([(w, f) for w, f, _ in inputs], 0, nm=(4, 2))
+    _check_against(pruned, model, config, expected, inputs)
+    default = hf_sparsify.prune(model, config.replace(nm_damp=CAPConfig().nm_damp), batches)
+    assert default.pruning_result.info["nm_damp"] == 3e-2
+    assert any(not torch.equal(a.weight, b.weight) for a, b in zip(_layers(pruned, config), _layers(default, config)))
 
 
 def test_woodfisher_pipeline_equals_the_oracle(case):
@@ -373,3 +389,36 @@ def test_a_fisher_store_that_does_not_fit_is_refused_before_any_gradient():
     message = small._too_large_message(64 << 30, 8 << 30, 256 << 20, torch.device("cpu"), targets)
     assert "max_fisher_memory_gb=6.9 (layer streaming: " in message and "groups of layers" in message
     assert "fisher_dtype='float32'" in message and "FastCAP" in message
+
+
+def test_a_store_too_large_for_the_device_is_refused_with_a_streaming_setting_that_then_fits(monkeypatch):
+    # issue 17 (bad input): the device's free memory is set below the whole store but above its largest layer (the
+    # free memory of a real device cannot be chosen in a test); the suggested max_fisher_memory_gb then runs
+    import re
+
+    from hf_sparsify.methods.cap import pruner as pruner_module
+    from hf_sparsify.utils import workspace_bytes
+
+    model = make_tiny_model("vit")
+    batches = tiny_batches(model, num_batches=2, batch=2)
+    calls = []
+
+    def counting_loss(m, batch):
+        calls.append(1)
+        return m(**batch).loss
+
+    config = CAPConfig(fisher_block_size=16, num_grads=2, loss=counting_loss)
+    adapter = get_adapter(model)
+    targets = get_method("cap").pruner_class(config)._targets(adapter.select_layers())
+    store = sum(t.layout.numel * t.layout.block_size * 8 for t in targets)
+    largest = max(t.layout.numel * t.layout.block_size * 8 for t in targets)
+    free = workspace_bytes("cpu") + store // 2
+    assert largest < store // 2
+    monkeypatch.setattr(pruner_module, "available_memory", lambda device: free)
+    with pytest.raises(hf_sparsify.PruningError, match=r"Fisher blocks .* Set max_fisher_memory_gb=([0-9.e-]+) \(layer streaming: (\d+) groups") as err:
+        hf_sparsify.prune(model, config, batches)
+    assert not calls  # refused before any gradient
+    budget = float(re.search(r"max_fisher_memory_gb=([0-9.e-]+)", str(err.value)).group(1))
+    assert largest <= budget * (1 << 30) <= 0.9 * (free - workspace_bytes("cpu"))
+    pruned = hf_sparsify.prune(model, config.replace(max_fisher_memory_gb=budget), batches)
+    assert pruned.pruning_result.info["fisher_groups"] > 1 and calls
