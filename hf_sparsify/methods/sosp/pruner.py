@@ -79,8 +79,13 @@ class SOSPPruner(StructuredPruner):
             min_field="min_heads_per_layer / min_neurons_per_layer",
         )
 
-    def plan(self, model, adapter) -> list[str]:
-        lines = super().plan(model, adapter)
+    def plan(self, model, adapter, *, device=None) -> list[str]:
+        """The structures, the budget and the curvature pass, before any gradient.
+
+        Raises:
+            PruningError: SOSP-I's ``S × S`` matrix does not fit on ``device`` (default: the model's).
+        """
+        lines = super().plan(model, adapter, device=device)
         config: SOSPConfig = self.config
         groups = self.select(adapter)
         size = sum(g.num_units for g in groups)
@@ -91,6 +96,7 @@ class SOSPPruner(StructuredPruner):
         else:
             dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
             what = f"gradient + {size:,}×{size:,} Gauss–Newton matrix ({format_bytes(gauss_newton_bytes(size, dtype))}, {str(dtype).replace('torch.', '')})"
+            self._check_memory(model, groups, device)
         rounds = f", {config.iterative_steps} rounds" if config.iterative_steps > 1 else ""
         lines.append(f"{self.title}: {what} over {images:,} images (loss={loss!r}){rounds}")
         return lines
@@ -294,10 +300,11 @@ class SOSPPruner(StructuredPruner):
             + (f", or allow more removal with {' or '.join(allow)}." if allow else ".")
         )
 
-    def _check_memory(self, model, groups) -> None:
-        """Refuse SOSP-I before any work when its ``S × S`` matrix does not fit (``max_memory_gb`` or free memory)."""
+    def _check_memory(self, model, groups, device=None) -> None:
+        """Refuse SOSP-I before any work when its ``S × S`` matrix does not fit on ``device`` (default: the model's;
+        ``max_memory_gb`` or 80% of the free memory)."""
         config: SOSPIConfig = self.config
-        device = next(model.parameters()).device
+        device = torch.device(device) if device is not None else next(model.parameters()).device
         dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
         size = sum(g.num_units for g in groups)
         needed = gauss_newton_bytes(size, dtype)
