@@ -119,6 +119,12 @@ def test_dp_allocation_and_rank_per_cost(method):
     assert pruned.pruning_result.info["macs_reduction"] == pytest.approx(0.3, abs=0.04)  # the nearest step: one head is 3-4%
 
 
+def test_sosp_h_defaults_are_the_measured_saliency_and_the_exact_hessian():
+    # chosen on held-out train images (benchmarks/RESULTS.md, "SOSP (issue 13)"); the test split was not used
+    config = hf_sparsify.SOSPHConfig()
+    assert (config.saliency, config.hessian, config.first_order, config.min_neurons_per_layer, config.iterative_steps) == ("sum_of_abs", "exact", True, 8, 1)
+
+
 @pytest.mark.parametrize("saliency", ["sum_of_abs", "abs_of_sum"])
 @pytest.mark.parametrize("hessian", ["exact", "gauss_newton"])
 def test_sosp_h_options(saliency, hessian):
