@@ -280,7 +280,7 @@ def main() -> None:
                     grads.update(tp_gradients(model, calibration, "taylor" if kind == "taylor" else "hessian"))
                 importance = tp.importance.GroupTaylorImportance if kind == "taylor" else tp.importance.GroupHessianImportance
                 for target in targets:
-                    pruned, reduction, ratio = tp_prune(model, grads[kind], importance, target, dense_macs, heads="neurons only" not in variant)
+                    pruned, _reduction, ratio = tp_prune(model, grads[kind], importance, target, dense_macs, heads="neurons only" not in variant)
                     record(variant, target, seed, pruned, tp_ratio=round(ratio, 5))
 
     print()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Union
 
-from ...configuration import LOSS_OPTIONS, Citation, PruningConfig, PruningConfigError
+from ...configuration import Citation, PruningConfig, PruningConfigError
 
 __all__ = ["SOSPConfig", "SOSPHConfig", "SOSPIConfig", "BUDGET_UNITS", "LOSSES", "STRUCTURES"]
 

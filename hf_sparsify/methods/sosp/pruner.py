@@ -106,7 +106,7 @@ class SOSPPruner(StructuredPruner):
         if config.loss == CUSTOM_LOSS:
             raise PruningConfigError(
                 "This configuration was saved with a custom loss function, which cannot be stored: pass it again, "
-                f"e.g. config.replace(loss=my_loss_fn), or use loss='labels' / loss='kl'."
+                "e.g. config.replace(loss=my_loss_fn), or use loss='labels' / loss='kl'."
             )
         if calibration is None:
             raise CalibrationDataError(f"{config.method} reads calibration data: pass calibration_data= to prune().")
@@ -245,7 +245,7 @@ class SOSPPruner(StructuredPruner):
             for phase, seconds in result.timings.items():
                 merged.timings[phase] = merged.timings.get(phase, 0.0) + seconds
             for name, facts in result.layers.items():
-                kind, width = dense[name]
+                _kind, width = dense[name]
                 previous = merged.layers.get(name, {})
                 merged.layers[name] = {
                     **facts,
