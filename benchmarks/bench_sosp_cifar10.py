@@ -2,9 +2,10 @@
 the maintained peer Torch-Pruning 1.6 at the same MACs.
 
 For each MACs reduction (20/35/50% by default) and calibration seed it prunes the bundled ViT with
-  * SOSP-H in its saliency variants (``abs_of_sum`` |−g + ½G·1|, ``sum_of_abs`` |g| + ½|G·1|, no first-order term
-    ½|G·1|, the Gauss–Newton product, ranking per MAC) — one curvature pass per seed and curvature kind, shared by the
-    saliency variants and targets (they differ only in how g and G·1 are combined and allocated);
+  * SOSP-H with its defaults (row ``sosp-h``) and the variants of ``SOSP_VARIANTS`` (both saliency forms with the
+    exact Hessian and the Gauss–Newton product, no first-order term, ranking per MAC, 1 or 32 neurons per MLP at
+    least, 3 rounds) — one curvature pass per seed and curvature kind, shared by the variants and targets of a
+    single round (they differ only in how g and G·1 are combined and allocated);
   * SOSP-I (one Gauss–Newton matrix per seed, shared by the targets);
   * VBP (its defaults: MLP neurons, global "output" normalisation, mean-shift fold);
   * Torch-Pruning 1.6 (``torch_pruning``; install it for this benchmark only:
