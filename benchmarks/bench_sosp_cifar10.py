@@ -2,25 +2,28 @@
 the maintained peer Torch-Pruning 1.6 at the same MACs.
 
 For each MACs reduction (20/35/50% by default) and calibration seed it prunes the bundled ViT with
-  * SOSP-H in its saliency variants (``abs_of_sum`` |−g + ½G·1|, ``sum_of_abs`` |g| + ½|G·1|, no first-order term
-    ½|G·1|, the Gauss–Newton product, ranking per MAC) — one curvature pass per seed and curvature kind, shared by the
-    saliency variants and targets (they differ only in how g and G·1 are combined and allocated);
+  * SOSP-H with its defaults (row ``sosp-h``) and the variants of ``SOSP_VARIANTS`` (both saliency forms with the
+    exact Hessian and the Gauss–Newton product, no first-order term, ranking per MAC, 1 or 32 neurons per MLP at
+    least, 3 rounds) — one curvature pass per seed and curvature kind, shared by the variants and targets of a
+    single round (they differ only in how g and G·1 are combined and allocated);
   * SOSP-I (one Gauss–Newton matrix per seed, shared by the targets);
   * VBP (its defaults: MLP neurons, global "output" normalisation, mean-shift fold);
   * Torch-Pruning 1.6 (``torch_pruning``; install it for this benchmark only:
-    ``pip install --no-deps torch-pruning==1.6.1``): ``MetaPruner`` with ``global_pruning=True``, its
+    ``pip install --no-deps torch-pruning==1.6.0``, the version measured): ``MetaPruner`` with ``global_pruning=True``, its
     ``GroupTaylorImportance`` and ``GroupHessianImportance`` (defaults: mean group reduction, mean normaliser), MLP
     neurons (fc1 rows / fc2 columns) and whole heads (``prune_num_heads=True``, ``prune_head_dims=False``), the
     residual width untouched; the neuron and head ratios are set equal and bisected until the measured MACs
     reduction matches the target. Widths are multiples of 8 (``round_to=8``) as for SOSP and VBP, at least 8
     neurons per MLP (``max_pruning_ratio``). The Hessian importance is run as shipped and with its per-sample
-    accumulation fixed (1.6.1's ``accumulate_grad`` keys by parameter but checks by name, so each sample overwrites
+    accumulation fixed (1.6's ``accumulate_grad`` keys by parameter but checks by name, so each sample overwrites
     the sum: the shipped scores are the last sample's squared gradient).
-All methods see the same ``--num-calibration`` random train images per seed. Metrics on the test split: top-1,
-cross-entropy, top-1 agreement with the dense model, KL(dense ‖ pruned). Prints a JSON line per row and Markdown
+All methods see the same ``--num-calibration`` random train images per seed, drawn outside a fixed held-out slice of
+the train split. Settings are chosen with ``--eval-on heldout`` (metrics on that slice), reported with ``--eval-on test``
+(the default; the test split is never used to choose). Metrics: top-1, cross-entropy, top-1 agreement with the dense
+model, KL(dense ‖ pruned). Prints a JSON line per row and Markdown
 tables (per row and means ± sd over seeds).
 
-    python benchmarks/bench_sosp_cifar10.py [--model hf_sparsify/assets/vit-tiny-cifar10] [--data ../shared/data/cifar10]
+    python benchmarks/bench_sosp_cifar10.py [--eval-on heldout|test] [--variants "sosp-h,sosp-i,vbp,tp taylor"] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -50,13 +53,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SOSP_VARIANTS = {
     "sosp-h": ("sosp-h", {}),
+    "sosp-h |−g+½G·1|": ("sosp-h", {"saliency": "abs_of_sum"}),
     "sosp-h |g|+½|G·1|": ("sosp-h", {"saliency": "sum_of_abs"}),
     "sosp-h ½|G·1| (no g)": ("sosp-h", {"first_order": False}),
-    "sosp-h Gauss–Newton": ("sosp-h", {"hessian": "gauss_newton"}),
+    "sosp-h Gauss–Newton |−g+½G·1|": ("sosp-h", {"hessian": "gauss_newton", "saliency": "abs_of_sum"}),
+    "sosp-h Gauss–Newton |g|+½|G·1|": ("sosp-h", {"hessian": "gauss_newton", "saliency": "sum_of_abs"}),
     "sosp-h per MAC": ("sosp-h", {"rank_per_cost": True}),
+    "sosp-h min 1 neuron": ("sosp-h", {"min_neurons_per_layer": 1}),
+    "sosp-h min 32 neurons": ("sosp-h", {"min_neurons_per_layer": 32}),
+    "sosp-h 3 rounds": ("sosp-h", {"iterative_steps": 3}),
     "sosp-i": ("sosp-i", {}),
 }
-PEER_VARIANTS = ["tp taylor", "tp hessian (shipped)", "tp hessian (accumulation fixed)", "tp taylor, neurons only"]
+PEER_VARIANTS = ["tp taylor", "tp hessian (shipped)", "tp hessian (accumulation fixed)", "tp taylor (neurons only)"]
 
 
 class CachedCurvature(SOSPPruner):
@@ -67,6 +75,8 @@ class CachedCurvature(SOSPPruner):
     key: tuple = ()
 
     def curvature(self, model, groups, calibration, **kwargs):
+        if self.config.iterative_steps > 1:  # later rounds see a pruned model: never cached
+            return super().curvature(model, groups, calibration, **kwargs)
         key = (*self.key, self.config.method, getattr(self.config, "hessian", None))
         if key not in self.cache:
             start = time.perf_counter()
@@ -97,8 +107,9 @@ def sosp_prune(model, method, settings, target, calibration, seed):
 
 # ---------------------------------------------------------------------------------------------- Torch-Pruning
 def tp_gradients(model, calibration, kind: str) -> dict[str, torch.Tensor]:
-    """What the importance reads from ``param.grad``: the mean batch gradient (Taylor), or the per-sample squared
-    gradients accumulated as 1.6.1 ships it (each sample overwrites: the last one) or correctly averaged."""
+    """What the importance reads from ``param.grad``: ``{"taylor": the mean batch gradient}``, or (``kind="hessian"``)
+    the per-sample squared gradients accumulated as 1.6 ships it (each sample overwrites: the last one) and correctly
+    averaged, ``{"hessian_shipped": ..., "hessian_fixed": ...}``, from one per-sample pass."""
     import torch_pruning as tp
 
     params = dict(model.named_parameters())
@@ -109,7 +120,7 @@ def tp_gradients(model, calibration, kind: str) -> dict[str, torch.Tensor]:
             loss.backward()
         grads = {n: p.grad.detach().clone() for n, p in params.items()}
         model.zero_grad()
-        return grads
+        return {"taylor": grads}
     shipped = tp.importance.GroupHessianImportance()
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     count = 0
@@ -124,10 +135,11 @@ def tp_gradients(model, calibration, kind: str) -> dict[str, torch.Tensor]:
                 total[n] += p.grad.detach().square()
             count += 1
     model.zero_grad()
-    if kind == "hessian_shipped":
-        # what GroupHessianImportance.__call__ writes into param.grad before scoring
-        return {n: shipped._accu_grad[p] / shipped._counter[p] for n, p in params.items() if p in shipped._accu_grad}
-    return {n: t / count for n, t in total.items()}
+    return {
+        # what GroupHessianImportance.__call__ writes into param.grad before scoring (the last sample's)
+        "hessian_shipped": {n: shipped._accu_grad[p] / shipped._counter[p] for n, p in params.items() if p in shipped._accu_grad},
+        "hessian_fixed": {n: t / count for n, t in total.items()},
+    }
 
 
 def tp_prune_once(model, grads, importance, ratio, heads: bool):
@@ -186,8 +198,13 @@ def main() -> None:
     parser.add_argument("--targets", default="0.2,0.35,0.5", help="MACs reductions")
     parser.add_argument("--num-calibration", type=int, default=1024)
     parser.add_argument("--seeds", default="0,1,2", help="calibration seeds, comma-separated")
-    parser.add_argument("--variants", default=None, help="comma-separated subset of the rows (default: all)")
-    parser.add_argument("--eval-limit", type=int, default=None, help="random test subset (default: all 10,000)")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the rows (default: all): the names of SOSP_VARIANTS, vbp, and PEER_VARIANTS")
+    parser.add_argument("--eval-limit", type=int, default=None, help="random subset of the evaluation images (default: all)")
+    parser.add_argument(
+        "--eval-on", default="test", choices=["test", "heldout"],
+        help="'test': the test split (report); 'heldout': --heldout-size train images never drawn for calibration (choose settings on these)",
+    )  # fmt: skip
+    parser.add_argument("--heldout-size", type=int, default=5000, help="train images set aside (never calibration) for --eval-on heldout")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
@@ -198,9 +215,17 @@ def main() -> None:
     model = transformers.AutoModelForImageClassification.from_pretrained(args.model).eval()
     processor = transformers.AutoImageProcessor.from_pretrained(args.model)
     train = hf_sparsify.load_image_dataset(args.data, split="train")
-    test = hf_sparsify.load_image_dataset(args.data, split="test")
-    eval_indices = random_indices(len(test), args.eval_limit, 1234) if args.eval_limit else list(range(len(test)))
-    evaluation = preprocess(test, processor, eval_indices, 500)
+    # a fixed slice of the train split is never drawn for calibration, in both modes: settings are chosen on it
+    order = random_indices(len(train), None, 10_000)
+    heldout, pool = order[: args.heldout_size], order[args.heldout_size :]
+    if args.eval_on == "test":
+        source = hf_sparsify.load_image_dataset(args.data, split="test")
+        eval_indices = list(range(len(source)))
+    else:
+        source, eval_indices = train, heldout
+    if args.eval_limit:
+        eval_indices = [eval_indices[i] for i in random_indices(len(eval_indices), args.eval_limit, 1234)]
+    evaluation = preprocess(source, processor, eval_indices, 500)
     labels = torch.cat([b["labels"] for b in evaluation])
     wanted = set(args.variants.split(",")) if args.variants else None
 
@@ -233,13 +258,14 @@ def main() -> None:
 
     targets = [float(t) for t in args.targets.split(",")]
     for seed in [int(s) for s in args.seeds.split(",")]:
-        calibration = preprocess(train, processor, random_indices(len(train), args.num_calibration, seed), 32)
+        calibration = preprocess(train, processor, [pool[i] for i in random_indices(len(pool), args.num_calibration, seed)], 32)
         CachedCurvature.cache = {}
         for target in targets:
             for name, (method, settings) in SOSP_VARIANTS.items():
                 if wanted is None or name in wanted:
                     pruned, result = sosp_prune(model, method, settings, target, calibration, seed)
-                    record(name, target, seed, pruned, curvature_seconds=CachedCurvature.cache[(seed, method, settings.get("hessian", "exact") if method == "sosp-h" else None)]["seconds"])
+                    key = (seed, method, settings.get("hessian", "exact") if method == "sosp-h" else None)
+                    record(name, target, seed, pruned, curvature_seconds=CachedCurvature.cache.get(key, {}).get("seconds"), saliency_seconds=result.timings.get("saliency"))
             if wanted is None or "vbp" in wanted:
                 config = hf_sparsify.VBPConfig(target_macs_reduction=target, num_calibration_samples=args.num_calibration, seed=seed)
                 record("vbp", target, seed, hf_sparsify.prune(model, config, calibration, disable_tqdm=True))
@@ -252,15 +278,16 @@ def main() -> None:
                     continue
                 kind = "taylor" if "taylor" in variant else ("hessian_shipped" if "shipped" in variant else "hessian_fixed")
                 if kind not in grads:
-                    grads[kind] = tp_gradients(model, calibration, kind)
+                    grads.update(tp_gradients(model, calibration, "taylor" if kind == "taylor" else "hessian"))
                 importance = tp.importance.GroupTaylorImportance if kind == "taylor" else tp.importance.GroupHessianImportance
                 for target in targets:
-                    pruned, reduction, ratio = tp_prune(model, grads[kind], importance, target, dense_macs, heads="neurons only" not in variant)
+                    pruned, _reduction, ratio = tp_prune(model, grads[kind], importance, target, dense_macs, heads="neurons only" not in variant)
                     record(variant, target, seed, pruned, tp_ratio=round(ratio, 5))
 
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"evaluation: {len(eval_indices)} CIFAR-10 test images; calibration: {args.num_calibration} random train images, seeds {args.seeds}")
+    where = "test images" if args.eval_on == "test" else f"held-out train images (a fixed {args.heldout_size:,}-image slice never used for calibration)"
+    print(f"evaluation: {len(eval_indices):,} CIFAR-10 {where}; calibration: {args.num_calibration} random train images outside the held-out slice, seeds {args.seeds}")
     print(f"wall time {time.time() - started:.0f} s; load average at start {load_start}, at end {os.getloadavg()}")
     print()
     print("| MACs removed (target) | variant | seed | widths (heads/MLP per block) | top-1 | loss | agreement | KL |")

@@ -9,7 +9,7 @@ number of structures S grows.
    a fresh process (its peak resident memory from ``getrusage``): the S × S matrix, the seconds, the peak memory.
    S = 18,504 is DeiT-S's count (12 blocks × (1,536 neurons + 6 heads)); ``--largest`` adds ViT-B's 37,008.
 
-    python benchmarks/bench_sosp_cost.py [--part all|ratio|scaling] [--images 512] [--repeats 3]
+    python benchmarks/bench_sosp_cost.py [--part all|ratio|scaling] [--images 512] [--scaling-images 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def part_scaling(images: int, largest: bool) -> None:
     for blocks, width, heads in SCALING + ([LARGEST] if largest else []):
         load = os.getloadavg()[0]
         out = subprocess.run(
-            [sys.executable, __file__, "--part", "child", "--child", f"{blocks},{width},{heads}", "--images", str(images)],
+            [sys.executable, __file__, "--part", "child", "--child", f"{blocks},{width},{heads}", "--scaling-images", str(images)],
             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
         if out.returncode != 0:
@@ -146,20 +146,21 @@ def part_scaling(images: int, largest: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", default="all", choices=["all", "ratio", "scaling", "child"])
-    parser.add_argument("--images", type=int, default=None, help="calibration images (ratio: 512, scaling: 64)")
+    parser.add_argument("--images", type=int, default=512, help="calibration images of the ratio part")
+    parser.add_argument("--scaling-images", type=int, default=64, help="random images of each scaling run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--largest", action="store_true", help="also ViT-B's S = 37,008 (5.5 GB matrix)")
     parser.add_argument("--child", default=None)
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     if args.part == "child":
-        scaling_child(*map(int, args.child.split(",")), images=args.images)
+        scaling_child(*map(int, args.child.split(",")), images=args.scaling_images)
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, transformers {transformers.__version__}")
     if args.part in ("all", "ratio"):
-        part_ratio(args.images or 512, args.repeats)
+        part_ratio(args.images, args.repeats)
     if args.part in ("all", "scaling"):
-        part_scaling(args.images or 64, args.largest)
+        part_scaling(args.scaling_images, args.largest)
 
 
 if __name__ == "__main__":

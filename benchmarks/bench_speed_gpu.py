@@ -13,7 +13,10 @@ timed in the same interleaved rounds, CUDA-synchronised):
 Without a CUDA device the script says "not measured" and exits; ``--device cpu --size tiny`` runs the code paths
 that need no GPU (VBP in eager) as a check.
 
-    python benchmarks/bench_speed_gpu.py [--parts vbp,24] [--batch 64] [--max-seconds 60]
+3. **SOSP-H** (issue 13): the same DeiT-Base-sized model pruned with SOSP-H (MLP neurons and heads, label-free
+   ``loss="kl"``: the weights are random) to −35% of its MACs, timed as in 1.
+
+    python benchmarks/bench_speed_gpu.py [--parts vbp,24,sosp] [--batch 64] [--max-seconds 60]
 """
 
 from __future__ import annotations
@@ -54,14 +57,21 @@ def ratio_row(timings, names, rule) -> dict:
     return row
 
 
-def part_vbp(args, device, dtype, rule) -> dict:
+def part_vbp(args, device, dtype, rule, method: str = "vbp") -> dict:
+    """VBP (or, with ``method="sosp-h"``, SOSP-H: MLP neurons and heads, label-free ``loss="kl"`` on the random
+    weights, pruned on ``device``) at −35% of the MACs, timed against the dense model."""
     dense = build("deit", args.size)
     size = SIZES[args.size]["image_size"]
     g = torch.Generator().manual_seed(0)
     batches = [{"pixel_values": torch.randn(8, 3, size, size, generator=g)} for _ in range(4)]
-    pruned = hf_sparsify.prune(dense, hf_sparsify.VBPConfig(target_macs_reduction=0.35), batches, disable_tqdm=True)
+    if method == "vbp":
+        config = hf_sparsify.VBPConfig(target_macs_reduction=0.35)
+        pruned = hf_sparsify.prune(dense, config, batches, disable_tqdm=True)
+    else:
+        config = hf_sparsify.SOSPHConfig(pruning_ratio=0.35, loss="kl", num_calibration_samples=32, calibration_batch_size=8)
+        pruned = hf_sparsify.prune(dense, config, batches, device=device, disable_tqdm=True).to("cpu")
     macs_ratio = MacsCost().total(dense) / MacsCost().total(pruned)
-    out = {"macs_ratio": round(macs_ratio, 3), "target": "≥ 1.4× (paper: 1.44× on H100)"}
+    out = {"macs_ratio": round(macs_ratio, 3), "target": "≥ 1.4× (VBP paper: 1.44× on H100)" if method == "vbp" else "not set (SOSP's paper gives no latency)"}
     for runtime in args.runtimes.split(","):
         try:
             check_runtime(runtime, device, dtype)
@@ -69,14 +79,14 @@ def part_vbp(args, device, dtype, rule) -> dict:
             out[runtime] = f"not measured: {err}"
             continue
         start = time.perf_counter()
-        prepared = {name: prepare_model(m, runtime, device=device, dtype=dtype, batch_size=args.batch) for name, m in (("dense", dense), ("vbp", pruned))}
+        prepared = {name: prepare_model(m, runtime, device=device, dtype=dtype, batch_size=args.batch) for name, m in (("dense", dense), (method, pruned))}
         try:
             timings = time_interleaved({k: p.run for k, p in prepared.items()}, rule, devices={device})
         finally:
             for p in prepared.values():
                 p.close()
-        out[runtime] = {**ratio_row(timings, ["vbp"], rule), "prepare_and_time_seconds": round(time.perf_counter() - start, 1)}
-        print(json.dumps({"vbp": {runtime: out[runtime]}}), flush=True)
+        out[runtime] = {**ratio_row(timings, [method], rule), "prepare_and_time_seconds": round(time.perf_counter() - start, 1)}
+        print(json.dumps({method: {runtime: out[runtime]}}), flush=True)
     return out
 
 
@@ -132,7 +142,7 @@ def part_24(args, device, dtype, rule) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="vbp,24")
+    parser.add_argument("--parts", default="vbp,24,sosp", help="any of vbp, 24, sosp (SOSP-H at −35%% of the MACs, issue 13)")
     parser.add_argument("--runtimes", default="eager,compile,onnxruntime")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", choices=sorted(SIZES), default="base")
@@ -161,6 +171,8 @@ def main() -> None:
         out["vbp_35"] = part_vbp(args, device, dtype, rule)
     if "24" in args.parts:
         out["semi_structured_24"] = part_24(args, device, dtype, rule)
+    if "sosp" in args.parts:
+        out["sosp_h_35"] = part_vbp(args, device, dtype, rule, method="sosp-h")
     print(json.dumps(out, indent=1))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Union
 
-from ...configuration import LOSS_OPTIONS, Citation, PruningConfig, PruningConfigError
+from ...configuration import Citation, PruningConfig, PruningConfigError
 
 __all__ = ["SOSPConfig", "SOSPHConfig", "SOSPIConfig", "BUDGET_UNITS", "LOSSES", "STRUCTURES"]
 
@@ -166,9 +166,10 @@ class SOSPHConfig(SOSPConfig):
     others, at about the cost of a few gradient passes. Fields shared with SOSP-I: :class:`SOSPConfig`.
 
     Args:
-        saliency: ``"abs_of_sum"`` (default, chosen by measurement: benchmarks/RESULTS.md): ``|−g_s + ½(G·1)_s|``,
-            the structure's share of the loss change when every structure is removed; ``"sum_of_abs"``:
-            ``|g_s| + ½|(G·1)_s|``.
+        saliency: ``"sum_of_abs"`` (default, chosen by measurement on held-out train images: benchmarks/RESULTS.md,
+            "SOSP (issue 13)"): ``|g_s| + ½|(G·1)_s|``, the first- and second-order terms each counted as a loss
+            change; ``"abs_of_sum"``: ``|−g_s + ½(G·1)_s|``, the structure's share of the loss change when every
+            structure is removed (the terms may cancel).
         hessian: ``"exact"`` (default): the Hessian-vector product by double backward (the full Hessian);
             ``"gauss_newton"``: the Gauss–Newton-vector product ``JᵀΛJ·1`` (positive semi-definite, no second
             derivatives of the network).
@@ -185,7 +186,7 @@ class SOSPHConfig(SOSPConfig):
     ```
     """
 
-    saliency: str = field(default="abs_of_sum", metadata={"help": "'abs_of_sum': |-g + (G·1)/2| (default), or 'sum_of_abs': |g| + |G·1|/2"})
+    saliency: str = field(default="sum_of_abs", metadata={"help": "'sum_of_abs': |g| + |G·1|/2 (default, measured best), or 'abs_of_sum': |-g + (G·1)/2|"})
     hessian: str = field(
         default="exact",
         metadata={"help": "'exact': Hessian-vector product by double backward (the full Hessian); 'gauss_newton': Gauss-Newton-vector product"},

@@ -80,6 +80,11 @@ class SOSPPruner(StructuredPruner):
         )
 
     def plan(self, model, adapter, *, device=None) -> list[str]:
+        """The structures, the budget and the curvature pass, before any gradient.
+
+        Raises:
+            PruningError: SOSP-I's ``S × S`` matrix does not fit on ``device`` (default: the model's).
+        """
         lines = super().plan(model, adapter, device=device)
         config: SOSPConfig = self.config
         groups = self.select(adapter)
@@ -91,6 +96,7 @@ class SOSPPruner(StructuredPruner):
         else:
             dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
             what = f"gradient + {size:,}×{size:,} Gauss–Newton matrix ({format_bytes(gauss_newton_bytes(size, dtype))}, {str(dtype).replace('torch.', '')})"
+            self._check_memory(model, groups, device)
         rounds = f", {config.iterative_steps} rounds" if config.iterative_steps > 1 else ""
         lines.append(f"{self.title}: {what} over {images:,} images (loss={loss!r}){rounds}")
         return lines
@@ -100,7 +106,7 @@ class SOSPPruner(StructuredPruner):
         if config.loss == CUSTOM_LOSS:
             raise PruningConfigError(
                 "This configuration was saved with a custom loss function, which cannot be stored: pass it again, "
-                f"e.g. config.replace(loss=my_loss_fn), or use loss='labels' / loss='kl'."
+                "e.g. config.replace(loss=my_loss_fn), or use loss='labels' / loss='kl'."
             )
         if calibration is None:
             raise CalibrationDataError(f"{config.method} reads calibration data: pass calibration_data= to prune().")
@@ -239,7 +245,7 @@ class SOSPPruner(StructuredPruner):
             for phase, seconds in result.timings.items():
                 merged.timings[phase] = merged.timings.get(phase, 0.0) + seconds
             for name, facts in result.layers.items():
-                kind, width = dense[name]
+                _kind, width = dense[name]
                 previous = merged.layers.get(name, {})
                 merged.layers[name] = {
                     **facts,
@@ -294,10 +300,11 @@ class SOSPPruner(StructuredPruner):
             + (f", or allow more removal with {' or '.join(allow)}." if allow else ".")
         )
 
-    def _check_memory(self, model, groups) -> None:
-        """Refuse SOSP-I before any work when its ``S × S`` matrix does not fit (``max_memory_gb`` or free memory)."""
+    def _check_memory(self, model, groups, device=None) -> None:
+        """Refuse SOSP-I before any work when its ``S × S`` matrix does not fit on ``device`` (default: the model's;
+        ``max_memory_gb`` or 80% of the free memory)."""
         config: SOSPIConfig = self.config
-        device = next(model.parameters()).device
+        device = torch.device(device) if device is not None else next(model.parameters()).device
         dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
         size = sum(g.num_units for g in groups)
         needed = gauss_newton_bytes(size, dtype)

@@ -41,7 +41,7 @@ __all__ = ["SALIENCY_FORMS", "predicted_loss_change", "sosp_h_saliency", "sosp_i
 SALIENCY_FORMS = ("sum_of_abs", "abs_of_sum")
 
 
-def sosp_h_saliency(gradient: torch.Tensor, row_sums: torch.Tensor, *, form: str = "abs_of_sum", first_order: bool = True) -> torch.Tensor:
+def sosp_h_saliency(gradient: torch.Tensor, row_sums: torch.Tensor, *, form: str = "sum_of_abs", first_order: bool = True) -> torch.Tensor:
     """SOSP-H's saliency of every structure from the gate gradient ``g`` and the Hessian row sums ``G·1`` (float64).
 
     Args:

@@ -18,7 +18,7 @@ CALIBRATION = DEMO_DATA_DIR / "calibration.parquet"
 @pytest.mark.parametrize(
     "method,flags",
     [
-        ("sosp-h", ["--saliency", "sum_of_abs", "--hessian", "gauss_newton", "--structures", "mlp", "heads"]),
+        ("sosp-h", ["--saliency", "abs_of_sum", "--hessian", "gauss_newton", "--structures", "mlp", "heads"]),
         ("sosp-i", ["--gn-samples", "4", "--budget-unit", "parameters", "--min-heads-per-layer", "2"]),
     ],
 )
@@ -40,7 +40,7 @@ def test_prune_from_the_command_line(method, flags, tmp_path, capsys):
         assert config.gn_samples == 4 and summary["info"]["gauss_newton_directions"] == 4
         assert all(f["width"] >= 2 for f in summary["layers"].values() if f["kind"] == "attention_head")
     else:
-        assert (config.saliency, config.hessian, config.structures) == ("sum_of_abs", "gauss_newton", ["mlp", "heads"])
+        assert (config.saliency, config.hessian, config.structures) == ("abs_of_sum", "gauss_newton", ["mlp", "heads"])
     reloaded = hf_sparsify.AutoSparseModelForImageClassification.from_pretrained(output)
     with torch.no_grad():
         assert torch.isfinite(reloaded(pixel_values=torch.randn(2, 3, 32, 32)).logits).all()

@@ -119,6 +119,12 @@ def test_dp_allocation_and_rank_per_cost(method):
     assert pruned.pruning_result.info["macs_reduction"] == pytest.approx(0.3, abs=0.04)  # the nearest step: one head is 3-4%
 
 
+def test_sosp_h_defaults_are_the_measured_saliency_and_the_exact_hessian():
+    # chosen on held-out train images (benchmarks/RESULTS.md, "SOSP (issue 13)"); the test split was not used
+    config = hf_sparsify.SOSPHConfig()
+    assert (config.saliency, config.hessian, config.first_order, config.min_neurons_per_layer, config.iterative_steps) == ("sum_of_abs", "exact", True, 8, 1)
+
+
 @pytest.mark.parametrize("saliency", ["sum_of_abs", "abs_of_sum"])
 @pytest.mark.parametrize("hessian", ["exact", "gauss_newton"])
 def test_sosp_h_options(saliency, hessian):
@@ -227,3 +233,15 @@ def test_float64_model_gives_float64_statistics():
     model = make_tiny_model("vit").double()
     pruned = hf_sparsify.prune(model, hf_sparsify.SOSPIConfig(**QUICK), float64_batches(model), disable_tqdm=True)
     assert pruned.pruning_result.info["gauss_newton_bytes"] == 136 * 136 * 8
+
+
+def test_plan_takes_the_device_and_refuses_a_matrix_that_does_not_fit_before_any_work():
+    from hf_sparsify.adapters import get_adapter
+
+    model = make_tiny_model("vit")
+    adapter = get_adapter(model)
+    lines = sosp_pruner.SOSPPruner(hf_sparsify.SOSPIConfig()).plan(model, adapter, device="cpu")
+    assert "136×136 Gauss–Newton matrix" in lines[-1]
+    assert "Hessian-vector product" in sosp_pruner.SOSPPruner(hf_sparsify.SOSPHConfig()).plan(model, adapter, device="cpu")[-1]
+    with pytest.raises(PruningError, match="max_memory_gb=1e-06"):
+        sosp_pruner.SOSPPruner(hf_sparsify.SOSPIConfig(max_memory_gb=1e-6)).plan(model, adapter, device="cpu")
