@@ -500,7 +500,9 @@ def test_an_interrupted_prune_leaves_nothing_behind(tmp_path):
     time.sleep(2)  # well inside the gradients
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted", stderr[-2000:]
+    # 130, or killed by the SIGINT (-2: CPython re-raises SIGINT at exit when a KeyboardInterrupt crossed some C-level
+    # entry points, seen once under heavy load); a shell reports 130 for both
+    assert process.returncode in (130, -signal.SIGINT) and stderr.strip().splitlines()[-1] == "error: interrupted", stderr[-2000:]
     assert list(tmp_path.iterdir()) == []  # no output, no staging folder, no lock file
 
 
