@@ -318,7 +318,7 @@ class SPDYPruner(StructuredPruner):
                 timed = benchmark(model, baseline=dense, device=profiler.device, dtype=profiler.dtype, batch_size=profiler.batch_size, runtime=profiler.runtime)
             spdy["measured_speedup"] = timed.speedup
             spdy["measured_by"] = f"hf_sparsify.benchmark against the dense model ({timed.runtime}, batch {timed.batch_size}, {timed.dtype}, interleaved rounds)"
-            spdy["measured"] = {"dense_seconds": timed.baseline["timing"]["median"] if timed.baseline else None, "pruned_seconds": timed.timing["median"], "stable": timed.stable}
+            spdy["measured"] = {"dense_ms": timed.baseline["median_ms"], "pruned_ms": timed.timing["median_ms"], "speedup_paired": timed.speedup_paired, "stable": timed.stable}
             model.pruning_speedups = [timed.card_entry()]
         result.summary["predicted_speedup"] = round(spdy["predicted_speedup"], 4)
         if spdy.get("measured_speedup") is not None:
