@@ -17,8 +17,8 @@
 >>> round(max_speedup(total, tables), 3)                  # 10 / (2 + 1 + 1)
 2.5
 >>> budget = controlled_budget(total, tables, target_speedup=1.5)   # 10/1.5 − 2
->>> solve_profile(tables, [1.0, 1.0], budget)             # one level per group within 4.667 s
-[1, 1]
+>>> solve_profile(tables, [1.0, 1.0], budget)             # levels 1 + 1 would take 5 s: one group goes further
+[2, 1]
 ```
 """
 
