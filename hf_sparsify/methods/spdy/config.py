@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from ...configuration import Citation, PruningConfig, PruningConfigError
 from ...errors import HfSparsifyError
 
-__all__ = ["SPDYConfig", "SPDYBaseMethodError", "SPDYTargetError", "COSTS", "LOSSES", "STRUCTURED_BASE_METHODS", "DEFAULT_SPEEDUP"]
+__all__ = ["COSTS", "DEFAULT_SPEEDUP", "LOSSES", "STRUCTURED_BASE_METHODS", "SPDYBaseMethodError", "SPDYConfig", "SPDYTargetError"]
 
 #: what the budget is measured in: the profiler's measured latency, or MACs per image
 COSTS = ("latency", "macs")

@@ -14,9 +14,10 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +66,7 @@ class LayerDatabase:
     num_calibration_samples: int | None = None
 
     @classmethod
-    def from_scores(cls, model: nn.Module, base_method: str, base_config: Mapping[str, Any], groups: Sequence[StructureGroup], scores: Mapping[str, torch.Tensor], folds: Mapping[str, torch.Tensor | None], num_calibration_samples: int | None = None) -> "LayerDatabase":
+    def from_scores(cls, model: nn.Module, base_method: str, base_config: Mapping[str, Any], groups: Sequence[StructureGroup], scores: Mapping[str, torch.Tensor], folds: Mapping[str, torch.Tensor | None], num_calibration_samples: int | None = None) -> LayerDatabase:
         return cls(
             base_method=base_method,
             base_config=_comparable(base_config),
@@ -125,7 +126,7 @@ class LayerDatabase:
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "LayerDatabase | None":
+    def load(cls, directory: str | os.PathLike) -> LayerDatabase | None:
         """The database in ``directory``, or ``None`` when it holds none (or one of another format)."""
         from safetensors.torch import load_file
 

@@ -35,13 +35,27 @@ from ...hub.chart import render_sparsity_chart
 from ...observers.gradients import model_features
 from ...report import sparsity_report
 from ...speed import LatencyCost, LatencyProfiler, benchmark
-from ...structured import Allocation, Budget, MacsCost, StructuredPruner, attention_query_modules
+from ...structured import (
+    Allocation,
+    Budget,
+    MacsCost,
+    StructuredPruner,
+    attention_query_modules,
+)
 from ...structured.groups import KIND_NOUNS
 from ...utils import get_logger
 from ..base import PruningError, PruningResult
 from .config import STRUCTURED_BASE_METHODS, SPDYBaseMethodError, SPDYConfig
 from .database import LayerDatabase
-from .search import SPDYTargetError, controlled_budget, level_widths, max_speedup, search_coefficients, solve_profile, speedup_of
+from .search import (
+    SPDYTargetError,
+    controlled_budget,
+    level_widths,
+    max_speedup,
+    search_coefficients,
+    solve_profile,
+    speedup_of,
+)
 
 __all__ = ["SPDYBaseMethodError", "SPDYPruner", "profile_table", "save_profile"]
 
@@ -123,8 +137,10 @@ class SPDYPruner(StructuredPruner):
         cost = "MACs per image" if config.cost == "macs" else f"latency measured per block ({config.profile_runtime}, batch {config.profile_batch_size})"
         return [
             f"SPDY: {target} in {cost}; {len(groups)} groups scored by {config.base_method}, {sum(map(len, levels)):,} levels in all",
-            f"SPDY: search over {config.num_random_starts} random starts + up to {config.search_steps} local steps, each a dynamic programme "
-            f"({config.num_buckets:,} buckets) and a stitched model's loss on {config.calibration_images():,} images",
+            (
+                f"SPDY: search over {config.num_random_starts} random starts + up to {config.search_steps} local steps, each a dynamic programme "
+                f"({config.num_buckets:,} buckets) and a stitched model's loss on {config.calibration_images():,} images"
+            ),
         ]
 
     # ------------------------------------------------------------------------------------------ the flow

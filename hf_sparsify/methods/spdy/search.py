@@ -25,8 +25,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -34,8 +34,8 @@ from ...structured.allocation import UnreachableBudgetError, allowed_widths, pla
 from .config import SPDYTargetError
 
 __all__ = [
-    "SearchResult",
     "SPDYTargetError",
+    "SearchResult",
     "controlled_budget",
     "level_widths",
     "max_speedup",

@@ -53,7 +53,7 @@ def test_level_widths_keep_dense_and_smallest_and_thin_evenly():
     assert level_widths(12, 1, 1, 42) == list(range(12, 0, -1))
     widths = level_widths(1536, 8, 1, 42)
     assert len(widths) == 42 and widths[0] == 1536 and widths[-1] == 8
-    assert all(a > b for a, b in zip(widths, widths[1:])) and all(w % 8 == 0 for w in widths)
+    assert all(a > b for a, b in itertools.pairwise(widths)) and all(w % 8 == 0 for w in widths)
 
 
 def test_reparametrized_errors_are_quadratic_in_the_level_rank():
