@@ -85,6 +85,10 @@ class SPDYConfig(PruningConfig):
             (and the measured speed-up) are measured (``hf-sparsify benchmark`` settings).
         latency_cache: the profiler's JSON cache file; ``None``: the default cache folder (``$HF_SPARSIFY_CACHE``).
         measure_speedup: time the pruned model against the dense one at the end (``cost="latency"``).
+        speedup_corrections: with ``cost="latency"``, ``measure_speedup`` and a ``target_speedup``: rounds that time
+            the chosen profile's stitched model against the dense one and, when it is slower than the target (the
+            blocks timed alone do not add up exactly to the model), solve again with the target raised by the
+            predicted/measured gap (the search's coefficients kept). ``0`` disables.
 
     Example:
 
@@ -139,6 +143,10 @@ class SPDYConfig(PruningConfig):
     profile_runtime: str = field(default="eager", metadata={"help": "runtime the latency tables are measured in: 'eager', 'compile', 'onnxruntime', 'semi-structured'"})
     latency_cache: str | None = field(default=None, metadata={"help": "the profiler's JSON cache file (default: one per setting in the default cache folder)"})
     measure_speedup: bool = field(default=True, metadata={"help": "time the pruned model against the dense one at the end (cost='latency')"})
+    speedup_corrections: int = field(
+        default=1,
+        metadata={"help": "rounds that time the chosen widths and, if slower than target_speedup, solve again with the target raised by the predicted/measured gap (cost='latency')"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -154,7 +162,7 @@ class SPDYConfig(PruningConfig):
         self._check_choice("loss", self.loss, LOSSES)
         if not isinstance(self.base_method, str) or not self.base_method:
             raise PruningConfigError(f"base_method must name a structured method, one of {list(STRUCTURED_BASE_METHODS)}.")
-        for name, low in (("num_levels", 2), ("num_buckets", 10), ("num_random_starts", 1), ("search_steps", 0), ("patience", 1), ("profile_batch_size", 1)):
+        for name, low in (("num_levels", 2), ("num_buckets", 10), ("num_random_starts", 1), ("search_steps", 0), ("patience", 1), ("profile_batch_size", 1), ("speedup_corrections", 0)):
             if getattr(self, name) < low:
                 raise PruningConfigError(f"{name} must be ≥ {low}, got {getattr(self, name)}.")
         if self.round_to is not None and self.round_to < 1:

@@ -102,16 +102,19 @@ def test_sosp_base_prunes_heads_too_without_labels():
 
 
 def test_latency_cost_re_measures_a_foreign_cache(tmp_path):
-    model = make_tiny_model("vit", intermediate_size=512)  # MLPs large enough to matter next to the per-call overhead
+    model = make_tiny_model("vit", intermediate_size=1024)  # MLPs large enough to matter next to the per-call overhead
     cache = tmp_path / "latency.json"
     cache.write_text(json.dumps({"key": {"format": "hf_sparsify.latency/1", "device": "another machine"}, "entries": {}}))
-    config = quick(cost="latency", target_speedup=1.05, latency_cache=str(cache), profile_batch_size=2)
+    config = quick(cost="latency", target_speedup=1.01, latency_cache=str(cache), profile_batch_size=2)
     pruned = hf_sparsify.prune(model, config, tiny_batches(model))
     spdy = pruned.pruning_result.info["spdy"]
     assert spdy["unit"] == "seconds" and "device" in spdy["profiler"]["stale_cache"]
     stored = json.loads(cache.read_text())
     assert stored["key"]["device"] != "another machine" and stored["entries"]  # re-measured and replaced
     assert spdy["measured_speedup"] > 0 and pruned.pruning_speedups[0]["batch_size"] == 2
+    # the chosen widths were timed against the dense model before the surgery (and solved again if too slow)
+    first = spdy["corrections"][0]
+    assert first["measured_speedup"] > 0 and ("corrected_target" in first) == (first["measured_speedup"] < 1.01 and "note" not in first)
     # a second run reads the (now valid) cache: nothing stale
     again = hf_sparsify.prune(model, config.replace(measure_speedup=False), tiny_batches(model))
     assert again.pruning_result.info["spdy"]["profiler"]["stale_cache"] is None
