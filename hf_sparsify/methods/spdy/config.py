@@ -86,9 +86,11 @@ class SPDYConfig(PruningConfig):
         latency_cache: the profiler's JSON cache file; ``None``: the default cache folder (``$HF_SPARSIFY_CACHE``).
         measure_speedup: time the pruned model against the dense one at the end (``cost="latency"``).
         speedup_corrections: with ``cost="latency"``, ``measure_speedup`` and a ``target_speedup``: rounds that time
-            the chosen profile's stitched model against the dense one and, when it is slower than the target (the
-            blocks timed alone do not add up exactly to the model), solve again with the target raised by the
-            predicted/measured gap (the search's coefficients kept). ``0`` disables.
+            the chosen profile's stitched model against the dense one and, when its measured speed-up is below the
+            target or above it by more than ``speedup_tolerance`` (blocks timed alone do not add up exactly to the
+            model), solve again for the target scaled by the predicted/measured gap, aiming at
+            ``target·(1 + tolerance/2)`` (the search's coefficients kept). ``0`` disables.
+        speedup_tolerance: how far above the target a measured speed-up may be before a correction prunes less.
 
     Example:
 
@@ -144,9 +146,10 @@ class SPDYConfig(PruningConfig):
     latency_cache: str | None = field(default=None, metadata={"help": "the profiler's JSON cache file (default: one per setting in the default cache folder)"})
     measure_speedup: bool = field(default=True, metadata={"help": "time the pruned model against the dense one at the end (cost='latency')"})
     speedup_corrections: int = field(
-        default=1,
-        metadata={"help": "rounds that time the chosen widths and, if slower than target_speedup, solve again with the target raised by the predicted/measured gap (cost='latency')"},
+        default=2,
+        metadata={"help": "rounds that time the chosen widths and, if below target_speedup or above it by more than speedup_tolerance, solve again for the target scaled by the predicted/measured gap (cost='latency')"},
     )
+    speedup_tolerance: float = field(default=0.05, metadata={"help": "how far above the target a measured speed-up may be before a correction prunes less"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -167,6 +170,8 @@ class SPDYConfig(PruningConfig):
                 raise PruningConfigError(f"{name} must be ≥ {low}, got {getattr(self, name)}.")
         if self.round_to is not None and self.round_to < 1:
             raise PruningConfigError(f"round_to must be ≥ 1 (1 disables rounding), got {self.round_to}.")
+        if not 0 <= self.speedup_tolerance < 1:
+            raise PruningConfigError(f"speedup_tolerance must be in [0, 1), got {self.speedup_tolerance}.")
         if not 0 < self.mutation_fraction <= 1:
             raise PruningConfigError(f"mutation_fraction must be in (0, 1], got {self.mutation_fraction}.")
 

@@ -285,9 +285,11 @@ class SPDYPruner(StructuredPruner):
         return benchmark(pruned, baseline=dense, device=profiler.device, dtype=profiler.dtype, batch_size=profiler.batch_size, runtime=profiler.runtime)
 
     def _correct(self, model, groups, levels, tables, total, fastest, found, picked: list[int], result) -> list[dict[str, Any]]:
-        """Time the stitched model of ``picked`` against the dense one; while it misses the target, solve again with
-        the target raised by the predicted/measured gap. Updates ``picked`` in place; returns one record per round."""
+        """Time the stitched model of ``picked`` against the dense one; while its speed-up is below the target or above
+        it by more than the tolerance, solve again for the target scaled by the predicted/measured gap. Updates
+        ``picked`` in place; returns one record per round."""
         config: SPDYConfig = self.config
+        target, tolerance = config.target_speedup, config.speedup_tolerance
         rounds: list[dict[str, Any]] = []
         with result.timed("corrections"):
             for _ in range(config.speedup_corrections):
@@ -295,9 +297,9 @@ class SPDYPruner(StructuredPruner):
                 timed = self._time_against_dense(self._database.stitch(model, groups, [lv[i] for lv, i in zip(levels, picked)]), model)
                 self._last_timed = (list(picked), timed)
                 rounds.append({"predicted_speedup": predicted, "measured_speedup": timed.speedup, "stable": timed.stable})
-                if timed.speedup >= config.target_speedup:
+                if target <= timed.speedup <= target * (1 + tolerance):
                     break
-                corrected = config.target_speedup * predicted / timed.speedup
+                corrected = target * (1 + tolerance / 2) * predicted / timed.speedup
                 budget = controlled_budget(total, tables, target_speedup=corrected)
                 if budget < fastest:
                     rounds[-1]["note"] = f"the corrected target {corrected:.3f}× is above the reachable {max_speedup(total, tables):.3f}×: kept"

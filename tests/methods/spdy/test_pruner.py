@@ -112,9 +112,10 @@ def test_latency_cost_re_measures_a_foreign_cache(tmp_path):
     stored = json.loads(cache.read_text())
     assert stored["key"]["device"] != "another machine" and stored["entries"]  # re-measured and replaced
     assert spdy["measured_speedup"] > 0 and pruned.pruning_speedups[0]["batch_size"] == 2
-    # the chosen widths were timed against the dense model before the surgery (and solved again if too slow)
+    # the chosen widths were timed against the dense model before the surgery (and solved again when outside the target band)
     first = spdy["corrections"][0]
-    assert first["measured_speedup"] > 0 and ("corrected_target" in first) == (first["measured_speedup"] < 1.01 and "note" not in first)
+    in_range = 1.01 <= first["measured_speedup"] <= 1.01 * 1.05
+    assert first["measured_speedup"] > 0 and ("corrected_target" in first) == (not in_range and "note" not in first)
     # a second run reads the (now valid) cache: nothing stale
     again = hf_sparsify.prune(model, config.replace(measure_speedup=False), tiny_batches(model))
     assert again.pruning_result.info["spdy"]["profiler"]["stale_cache"] is None
