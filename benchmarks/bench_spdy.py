@@ -54,7 +54,7 @@ def deit_part(args, work: Path) -> list[dict]:
             target_speedup=target, base_method="sosp-h", cost="latency", profile_batch_size=8, num_levels=args.levels,
             num_random_starts=args.random_starts, search_steps=args.search_steps, patience=args.patience,
             num_calibration_samples=args.deit_calibration, calibration_batch_size=8, database=str(work / "deit_db"),
-            latency_cache=str(work / "deit_latency.json"), seed=0,
+            latency_cache=str(work / "deit_latency.json"), speedup_corrections=args.corrections, seed=0,
         )  # fmt: skip
         before = loadavg()
         start = time.time()
@@ -70,6 +70,7 @@ def deit_part(args, work: Path) -> list[dict]:
             "pruned_ms": round(info["measured"]["pruned_ms"], 1),
             "stable": info["measured"]["stable"],
             "within_5pct": abs(info["measured_speedup"] / target - 1) <= 0.05,
+            "corrections": [{k: round(v, 3) if isinstance(v, float) else v for k, v in c.items()} for c in info["corrections"]],
             "max_speedup": round(info["max_speedup"], 3),
             "uncontrolled_fraction": round(info["uncontrolled_fraction"], 3),
             "macs_reduction": round(pruned.pruning_result.info["macs_reduction"], 3),
@@ -151,6 +152,7 @@ def main() -> None:
     parser.add_argument("--search-steps", type=int, default=20)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--deit-calibration", type=int, default=16)
+    parser.add_argument("--corrections", type=int, default=2, help="SPDY's speedup_corrections for the DeiT part (0: the block tables' prediction only)")
     parser.add_argument("--vit-target", type=float, default=1.3)
     parser.add_argument("--vit-batch", type=int, default=64)
     parser.add_argument("--vit-calibration", type=int, default=256)
