@@ -291,11 +291,12 @@ class SPDYPruner(StructuredPruner):
         config: SPDYConfig = self.config
         target, tolerance = config.target_speedup, config.speedup_tolerance
         rounds: list[dict[str, Any]] = []
+        timed_profiles: list[tuple[list[int], Any]] = []
         with result.timed("corrections"):
             for _ in range(config.speedup_corrections):
                 predicted = speedup_of(total, tables, picked)
                 timed = self._time_against_dense(self._database.stitch(model, groups, [lv[i] for lv, i in zip(levels, picked)]), model)
-                self._last_timed = (list(picked), timed)
+                timed_profiles.append((list(picked), timed))
                 rounds.append({"predicted_speedup": predicted, "measured_speedup": timed.speedup, "stable": timed.stable})
                 if target <= timed.speedup <= target * (1 + tolerance):
                     break
@@ -306,6 +307,13 @@ class SPDYPruner(StructuredPruner):
                     break
                 rounds[-1]["corrected_target"] = corrected
                 picked[:] = solve_profile(tables, found.coefficients, budget, config.num_buckets)
+        # end on a timed profile: the slowest one that met the target, else the fastest one
+        if timed_profiles and all(p != picked for p, _ in timed_profiles):
+            meeting = [(p, t) for p, t in timed_profiles if t.speedup >= target]
+            chosen = min(meeting, key=lambda pt: pt[1].speedup) if meeting else max(timed_profiles, key=lambda pt: pt[1].speedup)
+            picked[:] = chosen[0]
+            rounds.append({"kept_round": next(i for i, (p, _) in enumerate(timed_profiles) if p == chosen[0]), "reason": "the last correction was not timed"})
+        self._last_timed = next(((p, t) for p, t in reversed(timed_profiles) if p == picked), None)
         return rounds
 
     # ------------------------------------------------------------------------------------------ calibration loss
