@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--search-steps", type=int, default=20)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--deit-calibration", type=int, default=16)
-    parser.add_argument("--corrections", type=int, default=2, help="SPDY's speedup_corrections for the DeiT part (0: the block tables' prediction only)")
+    parser.add_argument("--corrections", type=int, default=3, help="SPDY's speedup_corrections for the DeiT part (0: the block tables' prediction only)")
     parser.add_argument("--vit-target", type=float, default=1.3)
     parser.add_argument("--vit-batch", type=int, default=64)
     parser.add_argument("--vit-calibration", type=int, default=256)

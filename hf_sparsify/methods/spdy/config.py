@@ -88,8 +88,9 @@ class SPDYConfig(PruningConfig):
         speedup_corrections: with ``cost="latency"``, ``measure_speedup`` and a ``target_speedup``: rounds that time
             the chosen profile's stitched model against the dense one and, when its measured speed-up is below the
             target or above it by more than ``speedup_tolerance`` (blocks timed alone do not add up exactly to the
-            model), solve again for the target scaled by the predicted/measured gap, aiming at
-            ``target·(1 + tolerance/2)`` (the search's coefficients kept). ``0`` disables.
+            model), solve again for the predicted speed-up that the timings so far map to
+            ``target·(1 + tolerance/2)`` (the gap's ratio after one timing, a secant after two; the search's
+            coefficients kept); the run ends on a timed profile. ``0`` disables.
         speedup_tolerance: how far above the target a measured speed-up may be before a correction prunes less.
 
     Example:
@@ -146,7 +147,7 @@ class SPDYConfig(PruningConfig):
     latency_cache: str | None = field(default=None, metadata={"help": "the profiler's JSON cache file (default: one per setting in the default cache folder)"})
     measure_speedup: bool = field(default=True, metadata={"help": "time the pruned model against the dense one at the end (cost='latency')"})
     speedup_corrections: int = field(
-        default=2,
+        default=3,
         metadata={"help": "rounds that time the chosen widths and, if below target_speedup or above it by more than speedup_tolerance, solve again for the target scaled by the predicted/measured gap (cost='latency')"},
     )
     speedup_tolerance: float = field(default=0.05, metadata={"help": "how far above the target a measured speed-up may be before a correction prunes less"})

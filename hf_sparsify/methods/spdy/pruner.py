@@ -50,6 +50,7 @@ from .database import LayerDatabase
 from .search import (
     SPDYTargetError,
     controlled_budget,
+    corrected_target,
     level_widths,
     max_speedup,
     search_coefficients,
@@ -300,7 +301,10 @@ class SPDYPruner(StructuredPruner):
                 rounds.append({"predicted_speedup": predicted, "measured_speedup": timed.speedup, "stable": timed.stable})
                 if target <= timed.speedup <= target * (1 + tolerance):
                     break
-                corrected = target * (1 + tolerance / 2) * predicted / timed.speedup
+                corrected = corrected_target(target, [(r["predicted_speedup"], r["measured_speedup"]) for r in rounds], tolerance)
+                if corrected <= 1:
+                    rounds[-1]["note"] = f"the corrected target {corrected:.3f}× is not a speed-up: kept"
+                    break
                 budget = controlled_budget(total, tables, target_speedup=corrected)
                 if budget < fastest:
                     rounds[-1]["note"] = f"the corrected target {corrected:.3f}× is above the reachable {max_speedup(total, tables):.3f}×: kept"

@@ -37,6 +37,7 @@ __all__ = [
     "SPDYTargetError",
     "SearchResult",
     "controlled_budget",
+    "corrected_target",
     "level_widths",
     "max_speedup",
     "reparametrized_errors",
@@ -93,6 +94,23 @@ def speedup_of(total: float, tables: Sequence[Sequence[float]], levels: Sequence
     """The predicted speed-up of one level per group: ``total / (uncontrolled + Σ_l t_l(level_l))``."""
     time = _uncontrolled(total, tables) + sum(float(t[i]) for t, i in zip(tables, levels))
     return total / time if time > 0 else math.inf
+
+
+def corrected_target(target: float, timed: Sequence[tuple[float, float]], tolerance: float = 0.05) -> float:
+    """The predicted speed-up to solve for next, from ``timed`` = ``[(predicted, measured), ...]`` speed-ups of the
+    profiles timed so far, aiming at a measured ``target·(1 + tolerance/2)``.
+
+    With one point the measured/predicted ratio is taken as constant; with two or more, the last two points
+    (distinct predictions, measured increasing with predicted) give a secant, since the ratio itself drifts with
+    how much is pruned (blocks timed alone under-predict large savings more than small ones).
+    """
+    aim = target * (1 + tolerance / 2)
+    (p1, m1) = timed[-1]
+    if len(timed) >= 2:
+        (p0, m0) = timed[-2]
+        if p1 != p0 and (m1 - m0) / (p1 - p0) > 0:
+            return p1 + (aim - m1) * (p1 - p0) / (m1 - m0)
+    return aim * p1 / m1
 
 
 def solve_profile(tables: Sequence[Sequence[float]], coefficients: Sequence[float] | torch.Tensor, budget: float, num_buckets: int = 10_000) -> list[int]:

@@ -11,6 +11,7 @@ import torch
 from hf_sparsify.methods.spdy.search import (
     SPDYTargetError,
     controlled_budget,
+    corrected_target,
     level_widths,
     max_speedup,
     reparametrized_errors,
@@ -155,3 +156,12 @@ def test_search_evaluates_each_profile_once_and_never_returns_worse_than_c_equal
     assert found.profile[0] <= found.profile[4]
     assert sum(t[i] for t, i in zip(tables, found.profile)) <= budget
     assert [loss for _, loss in found.history] == sorted((loss for _, loss in found.history), reverse=True)
+
+
+def test_corrected_target_scales_by_the_gap_then_follows_the_secant():
+    # one timing: the measured/predicted ratio is taken as constant (aim 1.6·1.025 = 1.64)
+    assert corrected_target(1.6, [(1.6, 2.0)], 0.05) == pytest.approx(1.64 * 1.6 / 2.0)
+    # two timings of a gap that grows with the pruning (the DeiT-Small case): the secant through both
+    assert corrected_target(1.6, [(1.6, 2.1), (1.25, 1.37)], 0.05) == pytest.approx(1.25 + (1.64 - 1.37) * 0.35 / 0.73)
+    # a secant that does not rise (noise) falls back to the last ratio
+    assert corrected_target(1.6, [(1.6, 2.1), (1.25, 2.2)], 0.05) == pytest.approx(1.64 * 1.25 / 2.2)
