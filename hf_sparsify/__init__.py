@@ -32,6 +32,9 @@ _LAZY: dict[str, str] = {
     "SOSPConfig": ".methods.sosp",
     "SOSPHConfig": ".methods.sosp",
     "SOSPIConfig": ".methods.sosp",
+    "SPDYConfig": ".methods.spdy",
+    "SPDYTargetError": ".methods.spdy",
+    "SPDYBaseMethodError": ".methods.spdy",
     "CalibrationData": ".data",
     "CalibrationDataError": ".data",
     "load_image_dataset": ".data",
@@ -98,6 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .methods.cap import CAPConfig, FastCAPConfig, WoodFisherConfig
     from .methods.magnitude import MagnitudeConfig
     from .methods.sosp import SOSPConfig, SOSPHConfig, SOSPIConfig
+    from .methods.spdy import SPDYBaseMethodError, SPDYConfig, SPDYTargetError
     from .methods.vbp import VBPConfig
     from .modeling import AutoSparseModel, AutoSparseModelForImageClassification
     from .pruned import save_pretrained

@@ -433,6 +433,36 @@ def _bottlenecks(summary: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _spdy(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The SPDY section: the speed-up target, the predicted and measured speed-ups and the per-group profile, when
+    the last pruning step was SPDY (``info["spdy"]`` of its record)."""
+    record = summary.get("pruning")
+    spdy = ((record or {}).get("info") or {}).get("spdy") if isinstance(record, Mapping) else None
+    if not isinstance(spdy, Mapping) or not spdy.get("profile"):
+        return None
+    unit = spdy.get("unit", "")
+
+    def fmt(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+    measured = spdy.get("measured_speedup")
+    return {
+        "target": f"{spdy['target_speedup']:g}× speed-up" if spdy.get("target_speedup") else f"a cost of {fmt(spdy.get('target_cost'))} {unit}",
+        "cost": "latency measured per block on the pruning machine" if spdy.get("cost") == "latency" else "MACs per image",
+        "unit": unit,
+        "base_method": spdy.get("base_method", ""),
+        "predicted": f"{spdy['predicted_speedup']:.3f}×",
+        "measured": f"{measured:.3f}×" if isinstance(measured, (int, float)) else "not measured",
+        "measured_by": spdy.get("measured_by") or "",
+        "uncontrolled": f"{spdy.get('uncontrolled_fraction', 0.0):.1%}",
+        "max_speedup": f"{spdy['max_speedup']:.3f}×" if isinstance(spdy.get("max_speedup"), (int, float)) else "",
+        "rows": [
+            {"name": r["name"], "kind": r["kind"], "width": r["width"], "dense": r["dense_width"], "level": r["level"], "cost": fmt(r["cost"]), "dense_cost": fmt(r["dense_cost"])}
+            for r in spdy["profile"]
+        ],
+    }
+
+
 def _expansions(meta: Mapping[str, Any], steps: int) -> list[str]:
     """One sentence per widening (``hf_sparsify.expand``) the config recorded, saying where it sits among the
     pruning steps."""
@@ -560,6 +590,7 @@ def card_context(inputs: CardInputs, *, repo_id: str | None = None, chart: str |
         "license_note": license_note,
         "training": _training_rows(inputs.card.get("training")),
         "bottlenecks": _bottlenecks(inputs.summary),
+        "spdy": _spdy(inputs.summary),
         "expansions": _expansions(meta, len(steps)),
         "version": __version__,
     }

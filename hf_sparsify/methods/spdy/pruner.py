@@ -1,0 +1,440 @@
+"""SPDY (Frantar & Alistarh, ICML 2022) on the structured-pruning core and the latency profiler: per-group widths
+that meet a speed-up target on this machine with the least calibration loss.
+
+1. **Database** (:mod:`.database`): the base method (``"vbp"`` / ``"sosp-h"``) scores every unit of every structure
+   group once; its scores give the units kept at any width, its fold values the bias correction. Loaded from
+   ``database`` when it was scored on these weights with these settings.
+2. **Tables**: every group's cost at every level (:func:`.search.level_widths`): measured seconds of the group's
+   owner module (:class:`~hf_sparsify.speed.LatencyProfiler`, cached per device/dtype/batch/runtime/versions; a
+   stale or foreign cache is re-measured) or MACs; plus the whole model's cost, so that the time no group controls
+   is known and paid from the budget.
+3. **Dynamic programme + search** (:mod:`.search`): for a coefficient vector ``c`` the programme picks the levels
+   minimising ``Σ c_l·(i/(n−1))²`` within the budget; the search keeps the ``c`` whose stitched model (the dense
+   model with every group shrunk to its level, the fold applied) has the lowest calibration loss.
+4. **Surgery** by the core; then the pruned model is timed against the dense one (``cost="latency"``) and the
+   predicted and measured speed-ups go to ``pruning_result.info["spdy"]`` (with the per-group profile) and to the
+   model card.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...adapters import ATTENTION_HEAD, StructureGroup
+from ...configuration import PruningConfigError, get_method
+from ...data import CalibrationDataError
+from ...hub.chart import render_sparsity_chart
+from ...observers.gradients import model_features
+from ...report import sparsity_report
+from ...speed import LatencyCost, LatencyProfiler, benchmark
+from ...structured import (
+    Allocation,
+    Budget,
+    MacsCost,
+    StructuredPruner,
+    attention_query_modules,
+)
+from ...structured.groups import KIND_NOUNS
+from ...utils import get_logger
+from ..base import PruningError, PruningResult
+from .config import STRUCTURED_BASE_METHODS, SPDYBaseMethodError, SPDYConfig
+from .database import LayerDatabase
+from .search import (
+    SPDYTargetError,
+    controlled_budget,
+    corrected_target,
+    level_widths,
+    max_speedup,
+    search_coefficients,
+    solve_profile,
+    speedup_of,
+)
+
+__all__ = ["SPDYBaseMethodError", "SPDYPruner", "profile_table", "save_profile"]
+
+logger = get_logger(__name__)
+
+
+def _base_entry(name: str):
+    entry = get_method(name)  # unknown names: PruningConfigError with a suggestion
+    pruner_class = entry.pruner_class
+    if not issubclass(pruner_class, StructuredPruner) or name == "spdy":
+        raise SPDYBaseMethodError(
+            f"base_method={name!r} cannot give SPDY per-layer variants: SPDY's levels here are structure widths, which come from "
+            f"a structured method's per-unit scores. Use base_method one of {list(STRUCTURED_BASE_METHODS)} "
+            "(unstructured and 2:4 levels from CAP or magnitude are not implemented)."
+        )
+    return entry.config_class, pruner_class
+
+
+class SPDYPruner(StructuredPruner):
+    """SPDY on the structured core (see the module docstring and docs/spdy.md)."""
+
+    config_class = SPDYConfig
+    title = "SPDY"
+    structure_kinds = ("mlp", "heads", "channels")
+    score_phase = "database"
+
+    def __init__(self, config: SPDYConfig):
+        super().__init__(config)
+        self._base_config_class, self._base_pruner_class = _base_entry(config.base_method)
+        self._base = self._make_base(has_labels=True)
+
+    # ------------------------------------------------------------------------------------------ the base method
+    def _make_base(self, has_labels: bool) -> StructuredPruner:
+        config: SPDYConfig = self.config
+        cls = self._base_config_class
+        settings: dict[str, Any] = {
+            cls.target_field: 0.0,  # the base method only scores: its own budget is never used
+            "targets": config.targets,
+            "ignore": config.ignore,
+            "num_calibration_samples": config.calibration_images(),
+            "calibration_batch_size": config.calibration_batch_size,
+            "seed": config.seed,
+        }
+        if not has_labels or config.loss == "kl":
+            if cls.label_free_settings is None:
+                raise PruningConfigError(f"base_method={config.base_method!r} needs labelled calibration data, and these images have no labels.")
+            settings.update(cls.label_free_settings)
+        settings.update(config.base_settings or {})
+        try:
+            base_config = cls(**settings)
+        except PruningConfigError as err:
+            raise PruningConfigError(f"SPDY's base method {config.base_method!r}: {err}") from None
+        return self._base_pruner_class(base_config)
+
+    def kinds(self) -> list[str]:
+        return self._base.kinds()
+
+    def select(self, adapter) -> list[StructureGroup]:
+        return self._base.select(adapter)
+
+    def allocation(self) -> Allocation:
+        base = self._base.allocation()
+        return Allocation(Budget(0.0, "units", field="target_speedup"), strategy="dp", round_to={k: self._round_for(k) for k in KIND_NOUNS}, min_per_layer={k: base.min_for(k) for k in KIND_NOUNS})
+
+    def _round_for(self, kind: str) -> int:
+        if self.config.round_to is not None and kind != ATTENTION_HEAD:
+            return self.config.round_to
+        return self._base.allocation().round_for(kind)
+
+    def _levels(self, groups: list[StructureGroup]) -> list[list[int]]:
+        base = self._base.allocation()
+        return [level_widths(g.num_units, self._round_for(g.kind), base.min_for(g.kind), self.config.num_levels) for g in groups]
+
+    def plan(self, model, adapter, *, device=None) -> list[str]:
+        config: SPDYConfig = self.config
+        groups = self.select(adapter)
+        levels = self._levels(groups)
+        target = f"{config.target_speedup:g}× speed-up" if config.target_speedup is not None else f"a cost of {config.target_cost:g}"
+        cost = "MACs per image" if config.cost == "macs" else f"latency measured per block ({config.profile_runtime}, batch {config.profile_batch_size})"
+        return [
+            f"SPDY: {target} in {cost}; {len(groups)} groups scored by {config.base_method}, {sum(map(len, levels)):,} levels in all",
+            (
+                f"SPDY: search over {config.num_random_starts} random starts + up to {config.search_steps} local steps, each a dynamic programme "
+                f"({config.num_buckets:,} buckets) and a stitched model's loss on {config.calibration_images():,} images"
+            ),
+        ]
+
+    # ------------------------------------------------------------------------------------------ the flow
+    def prepare(self, model, adapter, groups, calibration) -> None:
+        config: SPDYConfig = self.config
+        if calibration is None:
+            raise CalibrationDataError("SPDY reads calibration data (the base method's scores and the search's loss): pass calibration_data= to prune().")
+        if config.loss == "labels" and calibration.has_labels is False:
+            raise CalibrationDataError(config.missing_labels_message())
+        self._base = self._make_base(has_labels=calibration.has_labels is not False)
+        self._calibration = calibration
+        self._device_model = None
+
+    def score(self, model, adapter, groups, calibration, *, device, disable_tqdm, result) -> dict[str, torch.Tensor]:
+        config: SPDYConfig = self.config
+        base_config = self._base.config.to_dict()
+        database = LayerDatabase.load(config.database) if config.database else None
+        reason = database.mismatch(model, config.base_method, base_config, groups) if database is not None else None
+        if database is not None and reason is None:
+            self._database_source = "loaded"
+        else:
+            if database is not None:
+                logger.warning(f"SPDY: the database in {config.database} is not reused ({reason}); the units are scored again.")
+            self._base.prepare(model, adapter, groups, calibration)
+            scores = self._base.score(model, adapter, groups, calibration, device=device, disable_tqdm=disable_tqdm, result=result)
+            folds = {g.name: self._base.fold_values(model, g) for g in groups}
+            database = LayerDatabase.from_scores(model, config.base_method, base_config, groups, scores, folds, calibration.num_samples)
+            self._database_source = "scored"
+            if config.database:
+                database.save(config.database)
+                self._database_source = "scored and saved"
+        self._database = database
+        return database.scores
+
+    def fold_values(self, model, group: StructureGroup) -> torch.Tensor | None:
+        return self._database.folds.get(group.name)
+
+    def describe_removal(self, model, group, keep, removed) -> dict[str, Any]:
+        return dict(self._layer_facts.get(group.name, {}))
+
+    # ------------------------------------------------------------------------------------------ costs
+    def _cost_tables(self, model: nn.Module, adapter, groups, levels, device) -> tuple[float, list[list[float]], str]:
+        config: SPDYConfig = self.config
+        if config.cost == "macs":
+            cost = MacsCost(attention_query_modules(adapter))
+            return cost.total(model), cost.group_costs(model, groups, levels), "MACs"
+        self._profiler = LatencyProfiler(
+            device=config.profile_device or device,
+            dtype=config.profile_dtype or next(model.parameters()).dtype,
+            batch_size=config.profile_batch_size,
+            runtime=config.profile_runtime,
+            cache=config.latency_cache if config.latency_cache else True,
+        )
+        cost = LatencyCost(self._profiler)
+        total = cost.total(model)
+        return total, cost.group_costs(model, groups, levels), "seconds"
+
+    # ------------------------------------------------------------------------------------------ allocation
+    def allocate(self, model, adapter, groups, scores, allocation, result) -> list[int]:
+        config: SPDYConfig = self.config
+        device = next(model.parameters()).device
+        levels = self._levels(groups)
+        with result.timed("tables"):
+            total, tables, unit = self._cost_tables(model, adapter, groups, levels, device)
+        uncontrolled = total - sum(t[0] for t in tables)
+        budget = controlled_budget(total, tables, target_speedup=config.target_speedup, target_cost=config.target_cost)
+        reachable = max_speedup(total, tables)
+        fastest = sum(min(t) for t in tables)
+        wanted = f"target_speedup={config.target_speedup:g}" if config.target_speedup is not None else f"target_cost={config.target_cost:g} {unit}"
+        if budget < fastest * (1 - 1e-9):
+            raise SPDYTargetError(
+                f"{wanted} cannot be reached: with every {'/'.join(sorted({KIND_NOUNS[g.kind] for g in groups}))} group at its smallest "
+                f"width the model is at most {reachable:.3f}× faster ({unit}; {uncontrolled / total:.1%} of the dense cost is outside the pruned "
+                f"groups). Ask for at most target_speedup={math.floor(reachable * 1000) / 1000:g}, or allow narrower widths (min per layer, round_to)."
+            )
+
+        loss_kind, batches, reference = self._calibration_set(model)
+
+        def evaluate(profile: list[int]) -> float:
+            stitched = self._database.stitch(model, groups, [lv[i] for lv, i in zip(levels, profile)])
+            return self._loss(stitched, loss_kind, batches, reference)
+
+        def solve(coefficients: torch.Tensor) -> list[int]:
+            return solve_profile(tables, coefficients, budget, config.num_buckets)
+
+        with result.timed("search"):
+            found = search_coefficients(
+                evaluate, solve, len(groups),
+                num_random_starts=config.num_random_starts, search_steps=config.search_steps, patience=config.patience,
+                mutation_fraction=config.mutation_fraction, generator=torch.Generator().manual_seed(config.seed),
+            )  # fmt: skip
+        picked = list(found.profile)
+        corrections = self._correct(model, groups, levels, tables, total, fastest, found, picked, result) if self._corrects() else []
+        final_loss = found.loss if picked == found.profile else evaluate(picked)
+        widths = [lv[i] for lv, i in zip(levels, picked)]
+        chosen = sum(t[i] for t, i in zip(tables, picked))
+        self._layer_facts = {
+            g.name: {"level": i, "num_levels": len(lv), "cost": t[i], "dense_cost": t[0], "coefficient": c}
+            for g, lv, t, i, c in zip(groups, levels, tables, picked, found.coefficients)
+        }
+        profile = [
+            {"name": g.name, "kind": g.kind, "width": lv[i], "dense_width": g.num_units, "level": i, "cost": t[i], "dense_cost": t[0], "coefficient": c}
+            for g, lv, t, i, c in zip(groups, levels, tables, picked, found.coefficients)
+        ]
+        result.info["target"] = {"budget": unit, "target": budget + uncontrolled, "achieved": uncontrolled + chosen}
+        result.info["spdy"] = {
+            "target_speedup": config.target_speedup,
+            "target_cost": config.target_cost,
+            "cost": config.cost,
+            "unit": unit,
+            "base_method": config.base_method,
+            "database": self._database_source,
+            "loss": loss_kind,
+            "dense_cost": total,
+            "uncontrolled_cost": uncontrolled,
+            "uncontrolled_fraction": uncontrolled / total if total else 0.0,
+            "budget": budget + uncontrolled,
+            "predicted_cost": uncontrolled + chosen,
+            "predicted_speedup": speedup_of(total, tables, picked),
+            "max_speedup": reachable,
+            "uniform_profile_speedup": speedup_of(total, tables, found.uniform_profile),
+            "calibration_loss": final_loss,
+            "search_loss": found.loss,
+            "corrections": corrections,
+            "uniform_coefficients_loss": found.uniform_loss,
+            "candidates": found.candidates,
+            "evaluations": found.evaluations,
+            "history": found.history,
+            "coefficients": found.coefficients,
+            "profile": profile,
+        }
+        if config.cost == "latency":
+            result.info["spdy"]["profiler"] = {"cache": str(self._profiler.cache_path) if self._profiler.cache_path else None, "stale_cache": self._profiler.stale_reason}
+        return widths
+
+    def _corrects(self) -> bool:
+        config: SPDYConfig = self.config
+        return config.cost == "latency" and config.measure_speedup and config.target_speedup is not None and config.speedup_corrections > 0
+
+    def _time_against_dense(self, pruned: nn.Module, dense: nn.Module):
+        profiler = self._profiler
+        return benchmark(pruned, baseline=dense, device=profiler.device, dtype=profiler.dtype, batch_size=profiler.batch_size, runtime=profiler.runtime)
+
+    def _correct(self, model, groups, levels, tables, total, fastest, found, picked: list[int], result) -> list[dict[str, Any]]:
+        """Time the stitched model of ``picked`` against the dense one; while its speed-up is below the target or above
+        it by more than the tolerance, solve again for the target scaled by the predicted/measured gap. Updates
+        ``picked`` in place; returns one record per round."""
+        config: SPDYConfig = self.config
+        target, tolerance = config.target_speedup, config.speedup_tolerance
+        rounds: list[dict[str, Any]] = []
+        timed_profiles: list[tuple[list[int], Any]] = []
+        with result.timed("corrections"):
+            for _ in range(config.speedup_corrections):
+                predicted = speedup_of(total, tables, picked)
+                timed = self._time_against_dense(self._database.stitch(model, groups, [lv[i] for lv, i in zip(levels, picked)]), model)
+                timed_profiles.append((list(picked), timed))
+                rounds.append({"predicted_speedup": predicted, "measured_speedup": timed.speedup, "stable": timed.stable})
+                if target <= timed.speedup <= target * (1 + tolerance):
+                    break
+                corrected = corrected_target(target, [(r["predicted_speedup"], r["measured_speedup"]) for r in rounds], tolerance)
+                if corrected <= 1:
+                    rounds[-1]["note"] = f"the corrected target {corrected:.3f}× is not a speed-up: kept"
+                    break
+                budget = controlled_budget(total, tables, target_speedup=corrected)
+                if budget < fastest:
+                    rounds[-1]["note"] = f"the corrected target {corrected:.3f}× is above the reachable {max_speedup(total, tables):.3f}×: kept"
+                    break
+                rounds[-1]["corrected_target"] = corrected
+                picked[:] = solve_profile(tables, found.coefficients, budget, config.num_buckets)
+        # end on a timed profile: the slowest one that met the target, else the fastest one
+        if timed_profiles and all(p != picked for p, _ in timed_profiles):
+            meeting = [(p, t) for p, t in timed_profiles if t.speedup >= target]
+            chosen = min(meeting, key=lambda pt: pt[1].speedup) if meeting else max(timed_profiles, key=lambda pt: pt[1].speedup)
+            picked[:] = chosen[0]
+            rounds.append({"kept_round": next(i for i, (p, _) in enumerate(timed_profiles) if p == chosen[0]), "reason": "the last correction was not timed"})
+        self._last_timed = next(((p, t) for p, t in reversed(timed_profiles) if p == picked), None)
+        return rounds
+
+    # ------------------------------------------------------------------------------------------ calibration loss
+    @torch.no_grad()
+    def _calibration_set(self, model: nn.Module) -> tuple[str, list[dict[str, torch.Tensor]], list[torch.Tensor]]:
+        """The search's images (one pass of the calibration data, kept), which loss scores a profile, and the dense
+        model's outputs on them (for ``"kl"``)."""
+        config: SPDYConfig = self.config
+        batches = [{k: v for k, v in batch.items() if k in ("pixel_values", "labels")} for batch in self._calibration]
+        if not batches:
+            raise CalibrationDataError("SPDY's calibration data yielded no batch.")
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        first = model(pixel_values=batches[0]["pixel_values"].to(device=device, dtype=dtype))
+        has_logits = (first.get("logits") if isinstance(first, dict) else getattr(first, "logits", None)) is not None
+        labelled = all("labels" in b for b in batches)
+        if config.loss == "labels" and not (labelled and has_logits):
+            raise CalibrationDataError("SPDY loss='labels' needs labelled calibration images and a model with a classification head; use loss='kl'.")
+        kind = "labels" if config.loss == "labels" or (config.loss == "auto" and labelled and has_logits) else "kl"
+        reference = []
+        if kind == "kl":
+            for batch in batches:
+                out = model_features(model(pixel_values=batch["pixel_values"].to(device=device, dtype=dtype)))
+                reference.append(out.detach().to(torch.promote_types(out.dtype, torch.float32)))
+        return kind, batches, reference
+
+    @torch.no_grad()
+    def _loss(self, model: nn.Module, kind: str, batches, reference) -> float:
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        total, count = 0.0, 0
+        for index, batch in enumerate(batches):
+            features = model_features(model(pixel_values=batch["pixel_values"].to(device=device, dtype=dtype)))
+            features = features.to(torch.promote_types(features.dtype, torch.float32))
+            n = features.shape[0]
+            if kind == "labels":
+                value = torch.nn.functional.cross_entropy(features, batch["labels"].to(device), reduction="sum")
+            elif features.dim() == 2:  # logits: KL(p_dense ‖ p)
+                value = torch.nn.functional.kl_div(features.log_softmax(-1), reference[index].log_softmax(-1), log_target=True, reduction="sum")
+            else:  # features: ½‖f − f_dense‖² per image
+                value = 0.5 * (features - reference[index]).square().sum()
+            total += float(value)
+            count += n
+        loss = total / max(count, 1)
+        if not math.isfinite(loss):
+            raise PruningError(f"SPDY's calibration loss of a stitched model is not finite ({loss}): prune a float32 copy of the model.")
+        return loss
+
+    # ------------------------------------------------------------------------------------------ the whole run
+    def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
+        config: SPDYConfig = self.config
+        measure = config.cost == "latency" and config.measure_speedup
+        dense = copy.deepcopy(model) if measure else None
+        self._layer_facts: dict[str, dict[str, Any]] = {}
+        self._last_timed = None
+        result = super().prune(model, adapter, calibration, device=device, disable_tqdm=disable_tqdm)
+        spdy = result.info["spdy"]
+        if config.cost == "macs":
+            spdy["measured_speedup"] = result.info["macs_before"] / result.info["macs_after"] if result.info["macs_after"] else math.inf
+            spdy["measured_by"] = "MACs counted on the pruned model"
+        elif measure:
+            final = [row["level"] for row in spdy["profile"]]
+            last = getattr(self, "_last_timed", None)
+            if last is not None and last[0] == final:
+                timed = last[1]  # the stitched model of these levels is the pruned model: already timed
+            else:
+                with result.timed("measurement"):
+                    timed = self._time_against_dense(model, dense)
+            spdy["measured_speedup"] = timed.speedup
+            spdy["measured_by"] = f"hf_sparsify.benchmark against the dense model ({timed.runtime}, batch {timed.batch_size}, {timed.dtype}, interleaved rounds)"
+            spdy["measured"] = {"dense_ms": timed.baseline["median_ms"], "pruned_ms": timed.timing["median_ms"], "speedup_paired": timed.speedup_paired, "stable": timed.stable}
+            model.pruning_speedups = [timed.card_entry()]
+        result.summary["predicted_speedup"] = round(spdy["predicted_speedup"], 4)
+        if spdy.get("measured_speedup") is not None:
+            result.summary["measured_speedup"] = round(spdy["measured_speedup"], 4)
+        return result
+
+
+# ------------------------------------------------------------------------------------------ output
+def _spdy_info(source: Any) -> dict[str, Any]:
+    result = getattr(source, "pruning_result", source)
+    info = result.info if hasattr(result, "info") else (result or {}).get("info", {})
+    if not isinstance(info, dict) or "spdy" not in info:
+        raise PruningConfigError("this model (or result) was not pruned by SPDY: it records no SPDY profile.")
+    return info["spdy"]
+
+
+def profile_table(source: Any) -> str:
+    """The per-group profile of an SPDY run as a Markdown table (``source``: the pruned model, its
+    ``pruning_result`` or that result's ``to_dict()``)."""
+    spdy = _spdy_info(source)
+    unit = spdy["unit"]
+    lines = [f"| group | kind | width | dense | level | {unit} | dense {unit} |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row in spdy["profile"]:
+        lines.append(f"| {row['name']} | {KIND_NOUNS.get(row['kind'], row['kind'])} | {row['width']} | {row['dense_width']} | {row['level']} | {row['cost']:.4g} | {row['dense_cost']:.4g} |")
+    measured = spdy.get("measured_speedup")
+    lines.append("")
+    lines.append(
+        f"Target {spdy['target_speedup'] or spdy['target_cost']}; predicted speed-up {spdy['predicted_speedup']:.3f}×"
+        + (f", measured {measured:.3f}× ({spdy.get('measured_by')})" if measured is not None else "")
+        + f"; {spdy['uncontrolled_fraction']:.1%} of the dense {unit} is outside the pruned groups."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def save_profile(model: nn.Module, directory: str | os.PathLike) -> dict[str, Path]:
+    """Write an SPDY-pruned model's profile into ``directory``: ``spdy_profile.json`` (the ``info["spdy"]`` record),
+    ``spdy_profile.md`` (:func:`profile_table`) and ``spdy_profile.png`` (the per-layer chart of the model card,
+    when matplotlib is installed). Returns the paths written."""
+    spdy = _spdy_info(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"json": directory / "spdy_profile.json", "table": directory / "spdy_profile.md"}
+    paths["json"].write_text(json.dumps(spdy, indent=1, default=str), encoding="utf-8")
+    paths["table"].write_text(profile_table(model), encoding="utf-8")
+    summary = sparsity_report(model).to_dict()
+    summary["pruning"] = model.pruning_result.to_dict()
+    if render_sparsity_chart(summary, directory / "spdy_profile.png"):
+        paths["chart"] = directory / "spdy_profile.png"
+    return paths
