@@ -108,6 +108,15 @@ def test_demo_runs_and_can_be_rerun(tmp_path):
     assert json.loads((out / "pruning_config.json").read_text())["method"] == "magnitude"
 
 
+@pytest.mark.parametrize("method", sorted(set(__import__("hf_sparsify").available_methods()) - {"cap", "magnitude"}))
+def test_every_methods_demo_runs(tmp_path, capsys, method):
+    """`hf-sparsify demo --method M` lists every method: each one's demo_settings prune the bundled ViT (in-process)."""
+    from hf_sparsify.cli import main
+
+    assert main(["demo", "--method", method, "--output", str(tmp_path / "demo"), "--disable-tqdm"]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "demo" / "pruning_config.json").read_text())["method"] == method
+
+
 def test_wrong_method_config_is_refused_in_process(tmp_path, capsys, loss_method):
     from hf_sparsify import MagnitudeConfig
     from hf_sparsify.cli import main

@@ -110,7 +110,7 @@ class SPDYConfig(PruningConfig):
     target_interpolable: ClassVar[bool] = False
     citation: ClassVar[Citation] = CITATION
     default_num_calibration_samples: ClassVar[int] = 256
-    demo_settings: ClassVar[dict[str, Any]] = {"target_speedup": 1.4, "num_random_starts": 20, "search_steps": 100, "patience": 20, "num_calibration_samples": 128}
+    demo_settings: ClassVar[dict[str, Any]] = {"target_speedup": 1.4, "cost": "macs", "num_random_starts": 20, "search_steps": 100, "patience": 20, "num_calibration_samples": 128}
     quick_settings: ClassVar[dict[str, Any]] = {
         "target_speedup": 1.15,
         "cost": "macs",
