@@ -19,6 +19,7 @@ with more dampening, ``damp + 10^(k-7)·mean(diag F_b)`` for ``k = 1..6``; if th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -54,36 +55,7 @@ def damped_cholesky(fisher: torch.Tensor, *, name: str, what: str = "Fisher bloc
     """Lower Cholesky factors of a batch of symmetric matrices ``(n, B, B)``; blocks that fail are retried with
     relative dampening :data:`RETRY_DAMPING`. Raises :class:`PruningError` naming ``name`` when all retries fail
     or the matrices are not finite."""
-    info = InverseInfo()
-    if not _diagonal_is_finite(fisher):
-        raise PruningError(
-            f"Layer {name}: the {what} holds NaN or inf (non-finite gradients). Check the calibration data and the "
-            "model's weights; use mixed_precision='no'."
-        )
-    factor, status = torch.linalg.cholesky_ex(fisher)
-    failed = torch.nonzero(status).flatten()
-    if failed.numel():
-        diag_mean = fisher[failed].diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(fisher.dtype).tiny)
-        eye = torch.eye(fisher.shape[-1], dtype=fisher.dtype, device=fisher.device)
-        pending = failed
-        for extra in RETRY_DAMPING:
-            sub = fisher[pending] + (extra * diag_mean)[:, None, None] * eye
-            sub_factor, sub_status = torch.linalg.cholesky_ex(sub)
-            ok = sub_status == 0
-            factor[pending[ok]] = sub_factor[ok]
-            if ok.any():
-                info.max_extra_damping = max(info.max_extra_damping, extra)
-            pending, diag_mean = pending[~ok], diag_mean[~ok]
-            if not pending.numel():
-                break
-        if pending.numel():
-            raise PruningError(
-                f"Layer {name}: {pending.numel()} {what}(s) are not positive definite even with extra dampening "
-                f"{RETRY_DAMPING[-1]:g}·mean(diag). Increase damp, use more gradients (num_grads), or leave the layer "
-                "out with ignore=[...]."
-            )
-        info.redamped_blocks = int(failed.numel())
-    return factor, info
+    return _solve_with_retries(fisher, _cholesky, name=name, what=what)
 
 
 #: blocks at most this size are inverted by LAPACK (Cholesky); larger ones by Schur complements with batched products
@@ -122,6 +94,48 @@ def _spd_inverse(fisher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, ok_a & ok_s
 
 
+def _cholesky(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower Cholesky factors of a batch and whether each succeeded."""
+    factor, status = torch.linalg.cholesky_ex(matrices)
+    return factor, status == 0
+
+
+def _solve_with_retries(
+    fisher: torch.Tensor, solve: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], *, name: str, what: str
+) -> tuple[torch.Tensor, InverseInfo]:
+    """``solve`` (a batch → results and a per-matrix success flag) on a batch of Fisher blocks; the matrices it fails
+    on are solved again with relative dampening :data:`RETRY_DAMPING` (``+ extra · mean|diag|``). Raises
+    :class:`PruningError` naming ``name`` when the blocks are not finite or every retry fails."""
+    info = InverseInfo()
+    if not _diagonal_is_finite(fisher):
+        raise PruningError(
+            f"Layer {name}: the {what} holds NaN or inf (non-finite gradients). Check the calibration data and the "
+            "model's weights; use mixed_precision='no'."
+        )
+    result, ok = solve(fisher)
+    failed = torch.nonzero(~ok).flatten()
+    if failed.numel():
+        diag_mean = fisher[failed].diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(fisher.dtype).tiny)
+        eye = torch.eye(fisher.shape[-1], dtype=fisher.dtype, device=fisher.device)
+        pending = failed
+        for extra in RETRY_DAMPING:
+            sub_result, sub_ok = solve(fisher[pending] + (extra * diag_mean)[:, None, None] * eye)
+            result[pending[sub_ok]] = sub_result[sub_ok]
+            if sub_ok.any():
+                info.max_extra_damping = max(info.max_extra_damping, extra)
+            pending, diag_mean = pending[~sub_ok], diag_mean[~sub_ok]
+            if not pending.numel():
+                break
+        if pending.numel():
+            raise PruningError(
+                f"Layer {name}: {pending.numel()} {what}(s) are not positive definite even with extra dampening "
+                f"{RETRY_DAMPING[-1]:g}·mean(diag). Increase damp, use more gradients (num_grads), or leave the layer "
+                "out with ignore=[...]."
+            )
+        info.redamped_blocks = int(failed.numel())
+    return result, info
+
+
 def _diagonal_is_finite(matrices: torch.Tensor) -> bool:
     """Whether a batch of Gram matrices (sums of outer products) is finite: a non-finite entry of ``Σ g gᵀ``
     comes from a non-finite ``g_j``, or an overflow, and shows on the diagonal (``|F_ij| ≤ √(F_ii F_jj)``).
@@ -135,34 +149,7 @@ def spd_inverse(fisher: torch.Tensor, *, name: str, what: str = "Fisher block") 
     matrices that are not positive definite are retried with relative dampening :data:`RETRY_DAMPING`, as in
     :func:`damped_cholesky`. Raises :class:`PruningError` naming ``name`` when all retries fail or the matrices are
     not finite."""
-    info = InverseInfo()
-    if not _diagonal_is_finite(fisher):
-        raise PruningError(
-            f"Layer {name}: the {what} holds NaN or inf (non-finite gradients). Check the calibration data and the "
-            "model's weights; use mixed_precision='no'."
-        )
-    inverse, ok = _spd_inverse(fisher)
-    failed = torch.nonzero(~ok).flatten()
-    if failed.numel():
-        diag_mean = fisher[failed].diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(fisher.dtype).tiny)
-        eye = torch.eye(fisher.shape[-1], dtype=fisher.dtype, device=fisher.device)
-        pending = failed
-        for extra in RETRY_DAMPING:
-            sub_inverse, sub_ok = _spd_inverse(fisher[pending] + (extra * diag_mean)[:, None, None] * eye)
-            inverse[pending[sub_ok]] = sub_inverse[sub_ok]
-            if sub_ok.any():
-                info.max_extra_damping = max(info.max_extra_damping, extra)
-            pending, diag_mean = pending[~sub_ok], diag_mean[~sub_ok]
-            if not pending.numel():
-                break
-        if pending.numel():
-            raise PruningError(
-                f"Layer {name}: {pending.numel()} {what}(s) are not positive definite even with extra dampening "
-                f"{RETRY_DAMPING[-1]:g}·mean(diag). Increase damp, use more gradients (num_grads), or leave the layer "
-                "out with ignore=[...]."
-            )
-        info.redamped_blocks = int(failed.numel())
-    return inverse, info
+    return _solve_with_retries(fisher, _spd_inverse, name=name, what=what)
 
 
 @torch.no_grad()
