@@ -49,7 +49,9 @@ from .errors import HfSparsifyError
 
 __all__ = [
     "CONFIG_NAME",
+    "CUSTOM_LOSS",
     "Citation",
+    "LossFieldMixin",
     "MethodEntry",
     "PruningConfig",
     "PruningConfigError",
@@ -68,6 +70,8 @@ LOSS_OPTIONS = (
     "loss='features' (label-free: gradients of <v, features> with random Gaussian v, for backbones such as "
     "Dinov2Model), or loss=<callable(model, batch) -> scalar tensor>"
 )
+#: what a configuration saves in place of a callable ``loss`` (a function cannot be written to JSON)
+CUSTOM_LOSS = "custom"
 #: the package whose sub-packages are the built-in methods (discovered, never imported by name)
 BUILTIN_METHODS_PACKAGE = "hf_sparsify.methods"
 #: the entry-point group through which an installed package adds methods (``my_methods = "my_pkg.methods"``)
@@ -554,3 +558,24 @@ def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return value
+
+
+class LossFieldMixin:
+    """For the configurations of gradient methods with a ``loss`` field (``"labels"``, a label-free loss, or a
+    callable): labels are needed exactly for ``loss="labels"``, and a callable loss is saved as
+    :data:`CUSTOM_LOSS`. Put it before :class:`PruningConfig` in the bases; ``loss_options`` is the sentence naming
+    the method's losses in its errors."""
+
+    loss_options: ClassVar[str] = LOSS_OPTIONS
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if callable(self.loss):
+            out["loss"] = CUSTOM_LOSS
+        return out
+
+    def needs_labels(self) -> bool:
+        return self.loss == "labels"
+
+    def missing_labels_message(self) -> str:
+        return f"{self.method} with loss='labels' needs calibration data with labels, and it has none: use {self.loss_options}."

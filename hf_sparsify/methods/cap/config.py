@@ -6,13 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Union
 
-from ...configuration import LOSS_OPTIONS, Citation, PruningConfig, PruningConfigError, check_mask_structure
+from ...configuration import CUSTOM_LOSS, Citation, LossFieldMixin, PruningConfig, PruningConfigError, check_mask_structure
 
 __all__ = ["GradientFisherConfig", "BlockFisherConfig", "CAPConfig", "WoodFisherConfig", "FastCAPConfig", "LOSSES"]
 
 LOSSES = ("labels", "features")
-#: how a callable ``loss`` is written to ``pruning_config.json`` (a function cannot be serialised)
-CUSTOM_LOSS = "custom"
 
 CAP_CITATION = Citation(
     "CAP (Correlation-Aware Pruning)",
@@ -44,7 +42,7 @@ _QUICK = {"sparsity": 0.5, "fisher_block_size": 16, "num_grads": 2}
 
 
 @dataclass(kw_only=True)
-class GradientFisherConfig(PruningConfig):
+class GradientFisherConfig(LossFieldMixin, PruningConfig):
     """Fields shared by CAP, WoodFisher and FastCAP: the target, the gradients and the Fisher.
 
     Args:
@@ -135,19 +133,6 @@ class GradientFisherConfig(PruningConfig):
         if not callable(self.loss):
             self._check_choice("loss", self.loss, LOSSES + (CUSTOM_LOSS,))
         self._check_choice("mixed_precision", self.mixed_precision, ("no", "bf16"))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        if callable(self.loss):
-            out["loss"] = CUSTOM_LOSS
-        return out
-
-    # -- the contract --------------------------------------------------------------------------------------
-    def needs_labels(self) -> bool:
-        return self.loss == "labels"
-
-    def missing_labels_message(self) -> str:
-        return f"{self.method} with loss='labels' needs calibration data with labels, and it has none: use {LOSS_OPTIONS}."
 
     @property
     def effective_batch_size(self) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Union
 
-from ...configuration import Citation, PruningConfig, PruningConfigError
+from ...configuration import CUSTOM_LOSS, Citation, LossFieldMixin, PruningConfig, PruningConfigError
 
 __all__ = ["SOSPConfig", "SOSPHConfig", "SOSPIConfig", "BUDGET_UNITS", "LOSSES", "STRUCTURES"]
 
@@ -19,8 +19,6 @@ LOSSES = ("labels", "kl")
 ALLOCATIONS = ("global", "dp")
 HESSIANS = ("exact", "gauss_newton")
 SALIENCIES = ("sum_of_abs", "abs_of_sum")
-#: how a callable ``loss`` is written to ``pruning_config.json`` (a function cannot be serialised)
-CUSTOM_LOSS = "custom"
 SOSP_LOSS_OPTIONS = (
     "loss='labels' (cross-entropy of the classification head, needs labelled calibration data), loss='kl' (label-free: "
     "the divergence from the model's own outputs at the start, whose Hessian is the Gauss–Newton / Fisher matrix; for "
@@ -41,7 +39,7 @@ CITATION = Citation(
 
 
 @dataclass(kw_only=True)
-class SOSPConfig(PruningConfig):
+class SOSPConfig(LossFieldMixin, PruningConfig):
     """Fields shared by SOSP-H and SOSP-I (see docs/sosp.md).
 
     SOSP removes whole structures — MLP hidden neurons, attention heads, ConvNeXt hidden channels — ranked by a
@@ -77,6 +75,7 @@ class SOSPConfig(PruningConfig):
 
     target_field: ClassVar[str] = "pruning_ratio"
     citation: ClassVar[Citation] = CITATION
+    loss_options: ClassVar[str] = SOSP_LOSS_OPTIONS
     default_num_calibration_samples: ClassVar[int] = 512
     demo_settings: ClassVar[dict[str, Any]] = {"pruning_ratio": 0.3, "num_calibration_samples": 256}
     quick_settings: ClassVar[dict[str, Any]] = {"pruning_ratio": 0.2, "round_to": 1, "min_neurons_per_layer": 1, "num_calibration_samples": 8, "calibration_batch_size": 4}
@@ -138,19 +137,6 @@ class SOSPConfig(PruningConfig):
         self._check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.iterative_steps < 1:
             raise PruningConfigError(f"iterative_steps must be ≥ 1 (1: prune at once), got {self.iterative_steps}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        if callable(self.loss):
-            out["loss"] = CUSTOM_LOSS
-        return out
-
-    # -- the contract --------------------------------------------------------------------------------------
-    def needs_labels(self) -> bool:
-        return self.loss == "labels"
-
-    def missing_labels_message(self) -> str:
-        return f"{self.method} with loss='labels' needs calibration data with labels, and it has none: use {SOSP_LOSS_OPTIONS}."
 
     def calibration_images(self) -> int:
         return self.num_calibration_samples or self.default_num_calibration_samples
