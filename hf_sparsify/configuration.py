@@ -567,6 +567,8 @@ class LossFieldMixin:
     the method's losses in its errors."""
 
     loss_options: ClassVar[str] = LOSS_OPTIONS
+    #: the label-free loss named when a saved custom loss must be passed again
+    label_free_loss: ClassVar[str] = "features"
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -579,3 +581,11 @@ class LossFieldMixin:
 
     def missing_labels_message(self) -> str:
         return f"{self.method} with loss='labels' needs calibration data with labels, and it has none: use {self.loss_options}."
+
+    def check_loss_is_usable(self) -> None:
+        """Refuse a configuration reloaded with :data:`CUSTOM_LOSS` in place of the function it was saved with."""
+        if self.loss == CUSTOM_LOSS:
+            raise PruningConfigError(
+                "This configuration was saved with a custom loss function, which cannot be stored: pass it again, "
+                f"e.g. config.replace(loss=my_loss_fn), or use loss='labels' / loss='{self.label_free_loss}'."
+            )

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ...configuration import LOSS_OPTIONS, PruningConfigError
+from ...configuration import PruningConfigError
 from ...data import CalibrationDataError
 from ...observers.distributed import distributed_state
 from ...observers.fisher import BlockLayout, FisherTarget, GradientError, collect_fisher
@@ -93,15 +93,11 @@ class _GradientFisherPruner(Pruner):
     # ---------------------------------------------------------------------------------------------- inputs
     def _check_inputs(self, calibration) -> None:
         config: GradientFisherConfig = self.config
-        if config.loss == CUSTOM_LOSS:
-            raise PruningConfigError(
-                "This configuration was saved with a custom loss function, which cannot be stored: pass it again, "
-                "e.g. config.replace(loss=my_loss_fn), or use loss='labels' / loss='features'."
-            )
+        config.check_loss_is_usable()
         if calibration is None:
             raise CalibrationDataError(f"{config.method} reads calibration data: pass calibration_data=...")
         if config.loss == "labels" and calibration.has_labels is False:
-            raise CalibrationDataError(f"{config.method} with loss='labels' needs calibration data with labels, and it has none: use {LOSS_OPTIONS}.")
+            raise CalibrationDataError(config.missing_labels_message())
         if config.grad_batch_size is not None and not calibration.rebatchable:
             size = calibration.source_batch_size()
             if size is not None and size != config.grad_batch_size:

@@ -76,6 +76,7 @@ class SOSPConfig(LossFieldMixin, PruningConfig):
     target_field: ClassVar[str] = "pruning_ratio"
     citation: ClassVar[Citation] = CITATION
     loss_options: ClassVar[str] = SOSP_LOSS_OPTIONS
+    label_free_loss: ClassVar[str] = "kl"
     default_num_calibration_samples: ClassVar[int] = 512
     demo_settings: ClassVar[dict[str, Any]] = {"pruning_ratio": 0.3, "num_calibration_samples": 256}
     quick_settings: ClassVar[dict[str, Any]] = {"pruning_ratio": 0.2, "round_to": 1, "min_neurons_per_layer": 1, "num_calibration_samples": 8, "calibration_batch_size": 4}

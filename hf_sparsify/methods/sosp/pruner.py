@@ -103,11 +103,7 @@ class SOSPPruner(StructuredPruner):
 
     def prepare(self, model, adapter, groups, calibration) -> None:
         config: SOSPConfig = self.config
-        if config.loss == CUSTOM_LOSS:
-            raise PruningConfigError(
-                "This configuration was saved with a custom loss function, which cannot be stored: pass it again, "
-                "e.g. config.replace(loss=my_loss_fn), or use loss='labels' / loss='kl'."
-            )
+        config.check_loss_is_usable()
         if calibration is None:
             raise CalibrationDataError(f"{config.method} reads calibration data: pass calibration_data= to prune().")
         if config.loss == "labels" and calibration.has_labels is False:
