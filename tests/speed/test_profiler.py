@@ -189,3 +189,43 @@ def test_latency_cost_is_a_cost_model_the_dp_allocation_meets(tmp_path):
     target = pruned.pruning_result.info["target"]
     assert target["achieved"] >= target["target"] and pruned.pruning_result.info["macs_reduction"] >= 0.3 - 1e-9
     assert all(r["width"] % 8 == 0 for r in pruned.pruning_result.layers.values())
+
+
+def test_in_context_tables_time_each_block_class_inside_the_whole_model_and_cache_it(tmp_path):
+    torch.manual_seed(0)
+    model = make_tiny_model("vit")
+    groups = select_groups(get_adapter(model), ["mlp", "heads"])
+    widths = [[g.num_units, g.num_units // 2, 1] for g in groups]
+    first = profiler(cache=tmp_path / "latency.json", context_rule=FAST)
+    tables = first.group_times_in_context(model, groups, widths)
+    dense = first.group_times(model, groups, [[g.num_units] for g in groups])
+    total = first.model_time(model)
+    assert [row[0] for row in tables] == [row[0] for row in dense]  # the time outside the groups is unchanged
+    assert tables[0] == tables[2] and tables[1] == tables[3]  # one class per identical block: the saving is shared
+    assert {v for k, v in first.sources.items() if k[0] == "context"} == {"in context"}
+    stored = json.loads((tmp_path / "latency.json").read_text())["entries"]
+    context = [e for e in stored.values() if e["signature"]["what"] == "context"]
+    assert len(context) == 2 and all(set(e["times"]) == {"32", "1"} or set(e["times"]) == {"2", "1"} for e in context)
+    for entry in context:  # each member's saving is the class's measured fraction of the model, shared by 2 members
+        for w, stats in entry["times"].items():
+            assert stats["saved_fraction"] == pytest.approx(1 - stats["seconds"] / stats["dense_seconds"])
+            name = entry["signature"]["members"][0]
+            index = [g.name for g in groups].index(name)
+            assert tables[index][widths[index].index(int(w))] == pytest.approx(dense[index][0] - stats["saved_fraction"] / 2 * total)
+    again = profiler(cache=tmp_path / "latency.json", measure=False)
+    assert again.group_times_in_context(model, groups, widths) == tables
+    assert {v for k, v in again.sources.items() if k[0] == "context"} == {"cached in context"}
+    # LatencyCost switches between the two kinds of table
+    assert LatencyCost(again, in_context=True).group_costs(model, groups, widths) == tables
+    assert LatencyCost(again).group_costs(model, groups, widths) == again.group_times(model, groups, widths)
+
+
+def test_in_context_savings_are_real_in_a_model_big_enough_to_time():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024, image_size=64, patch_size=8)).eval()
+    groups = select_groups(get_adapter(model), ["mlp"])
+    prof = LatencyProfiler(batch_size=4, rule=FAST, model_rule=TimingRule(min_repeats=5, max_seconds=2), context_rule=TimingRule(min_repeats=7, max_seconds=3))
+    tables = prof.group_times_in_context(model, groups, [[1024, 8]] * 2)
+    assert all(row[1] < row[0] for row in tables)  # an MLP 128 times narrower is faster in the model too

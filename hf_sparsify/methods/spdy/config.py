@@ -8,10 +8,12 @@ from typing import Any, ClassVar
 from ...configuration import Citation, PruningConfig, PruningConfigError
 from ...errors import HfSparsifyError
 
-__all__ = ["COSTS", "DEFAULT_SPEEDUP", "LOSSES", "STRUCTURED_BASE_METHODS", "SPDYBaseMethodError", "SPDYConfig", "SPDYTargetError"]
+__all__ = ["COSTS", "DEFAULT_SPEEDUP", "LATENCY_TABLES", "LOSSES", "STRUCTURED_BASE_METHODS", "SPDYBaseMethodError", "SPDYConfig", "SPDYTargetError"]
 
 #: what the budget is measured in: the profiler's measured latency, or MACs per image
 COSTS = ("latency", "macs")
+#: how latency tables are measured: each width's saving inside the whole model, or each block timed alone
+LATENCY_TABLES = ("in_context", "isolated")
 #: the calibration loss that scores a profile: "auto" is "labels" when the data has labels, else "kl"
 LOSSES = ("auto", "labels", "kl")
 #: base methods whose per-unit scores give every width of every group (a registered structured method)
@@ -83,6 +85,9 @@ class SPDYConfig(PruningConfig):
             else written after scoring, so that one scoring run serves several targets.
         profile_batch_size, profile_device, profile_dtype, profile_runtime: where and how the latency tables
             (and the measured speed-up) are measured (``hf-sparsify benchmark`` settings).
+        latency_tables: ``"in_context"`` (default): every width's saving is timed inside the whole model (all the
+            identical blocks of a class shrunk together, against the dense model in the same rounds), since blocks
+            timed alone under-predict the savings; ``"isolated"``: each block timed alone (quicker to build).
         latency_cache: the profiler's JSON cache file; ``None``: the default cache folder (``$HF_SPARSIFY_CACHE``).
         measure_speedup: time the pruned model against the dense one at the end (``cost="latency"``).
         speedup_corrections: with ``cost="latency"``, ``measure_speedup`` and a ``target_speedup``: rounds that time
@@ -130,7 +135,7 @@ class SPDYConfig(PruningConfig):
     )
     base_method: str = field(default="vbp", metadata={"help": "structured method whose scores give every width: 'vbp' or 'sosp-h'"})
     base_settings: dict | None = field(default=None, metadata={"help": "extra settings of the base method's configuration, as JSON"})
-    cost: str = field(default="latency", metadata={"help": "'latency' (measured per block on this machine, cached) or 'macs'"})
+    cost: str = field(default="latency", metadata={"help": "'latency' (measured on this machine, cached; see latency_tables) or 'macs'"})
     num_levels: int = field(default=42, metadata={"help": "most widths per group, dense included (the reference: 42)"})
     round_to: int | None = field(default=None, metadata={"help": "kept MLP / channel widths are multiples of this; default: the base method's"})
     num_buckets: int = field(default=10_000, metadata={"help": "time buckets of the dynamic programme's budget (the reference: 10,000)"})
@@ -144,6 +149,10 @@ class SPDYConfig(PruningConfig):
     profile_device: str | None = field(default=None, metadata={"help": "device the latency tables are measured on (default: where the model prunes)"})
     profile_dtype: str | None = field(default=None, metadata={"help": "dtype the latency tables are measured in (default: the model's)"})
     profile_runtime: str = field(default="eager", metadata={"help": "runtime the latency tables are measured in: 'eager', 'compile', 'onnxruntime', 'semi-structured'"})
+    latency_tables: str = field(
+        default="in_context",
+        metadata={"help": "how cost='latency' tables are measured: 'in_context' (each width's saving timed inside the whole model) or 'isolated' (each block timed alone: faster to build, under-predicts savings)"},
+    )
     latency_cache: str | None = field(default=None, metadata={"help": "the profiler's JSON cache file (default: one per setting in the default cache folder)"})
     measure_speedup: bool = field(default=True, metadata={"help": "time the pruned model against the dense one at the end (cost='latency')"})
     speedup_corrections: int = field(
@@ -164,6 +173,7 @@ class SPDYConfig(PruningConfig):
             raise PruningConfigError(f"target_cost must be > 0 (seconds per batch or MACs per image), got {self.target_cost}.")
         self._check_choice("cost", self.cost, COSTS)
         self._check_choice("loss", self.loss, LOSSES)
+        self._check_choice("latency_tables", self.latency_tables, LATENCY_TABLES)
         if not isinstance(self.base_method, str) or not self.base_method:
             raise PruningConfigError(f"base_method must name a structured method, one of {list(STRUCTURED_BASE_METHODS)}.")
         for name, low in (("num_levels", 2), ("num_buckets", 10), ("num_random_starts", 1), ("search_steps", 0), ("patience", 1), ("profile_batch_size", 1), ("speedup_corrections", 0)):

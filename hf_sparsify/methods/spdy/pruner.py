@@ -135,7 +135,7 @@ class SPDYPruner(StructuredPruner):
         groups = self.select(adapter)
         levels = self._levels(groups)
         target = f"{config.target_speedup:g}× speed-up" if config.target_speedup is not None else f"a cost of {config.target_cost:g}"
-        cost = "MACs per image" if config.cost == "macs" else f"latency measured per block ({config.profile_runtime}, batch {config.profile_batch_size})"
+        cost = "MACs per image" if config.cost == "macs" else f"latency measured {'in the whole model per block class and width' if config.latency_tables == 'in_context' else 'per block'} ({config.profile_runtime}, batch {config.profile_batch_size})"
         return [
             f"SPDY: {target} in {cost}; {len(groups)} groups scored by {config.base_method}, {sum(map(len, levels)):,} levels in all",
             (
@@ -195,7 +195,7 @@ class SPDYPruner(StructuredPruner):
             runtime=config.profile_runtime,
             cache=config.latency_cache if config.latency_cache else True,
         )
-        cost = LatencyCost(self._profiler)
+        cost = LatencyCost(self._profiler, in_context=config.latency_tables == "in_context")
         total = cost.total(model)
         return total, cost.group_costs(model, groups, levels), "seconds"
 
@@ -274,7 +274,11 @@ class SPDYPruner(StructuredPruner):
             "profile": profile,
         }
         if config.cost == "latency":
-            result.info["spdy"]["profiler"] = {"cache": str(self._profiler.cache_path) if self._profiler.cache_path else None, "stale_cache": self._profiler.stale_reason}
+            result.info["spdy"]["profiler"] = {
+                "cache": str(self._profiler.cache_path) if self._profiler.cache_path else None,
+                "stale_cache": self._profiler.stale_reason,
+                "tables": config.latency_tables,
+            }
         return widths
 
     def _corrects(self) -> bool:

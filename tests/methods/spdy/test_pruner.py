@@ -111,6 +111,7 @@ def test_latency_cost_re_measures_a_foreign_cache(tmp_path):
     assert spdy["unit"] == "seconds" and "device" in spdy["profiler"]["stale_cache"]
     stored = json.loads(cache.read_text())
     assert stored["key"]["device"] != "another machine" and stored["entries"]  # re-measured and replaced
+    assert spdy["profiler"]["tables"] == "in_context" and any(e["signature"]["what"] == "context" for e in stored["entries"].values())
     assert spdy["measured_speedup"] > 0 and pruned.pruning_speedups[0]["batch_size"] == 2
     # the chosen widths were timed against the dense model before the surgery (and solved again when outside the target band)
     first = spdy["corrections"][0]
@@ -120,6 +121,10 @@ def test_latency_cost_re_measures_a_foreign_cache(tmp_path):
     again = hf_sparsify.prune(model, config.replace(measure_speedup=False), tiny_batches(model))
     assert again.pruning_result.info["spdy"]["profiler"]["stale_cache"] is None
     assert again.pruning_result.info["spdy"]["dense_cost"] == spdy["dense_cost"]
+    # isolated block tables: the profiler's block times, no whole-model variant
+    isolated = hf_sparsify.prune(model, config.replace(measure_speedup=False, latency_tables="isolated"), tiny_batches(model))
+    info = isolated.pruning_result.info["spdy"]
+    assert info["profiler"]["tables"] == "isolated" and info["dense_cost"] == spdy["dense_cost"]
 
 
 def test_search_lowers_the_calibration_loss_below_c_equals_one_on_the_bundled_vit(demo_model, demo_processor, demo_calibration):
