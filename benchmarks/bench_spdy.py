@@ -3,7 +3,9 @@
 Part ``deit``: a DeiT-Small-sized ViT with random weights (hidden 384, 12 blocks, 6 heads, MLP 1536, 224 px,
 patch 16), batch 8. For each target (1.3×, 1.6×, 2.0× by default) SPDY (base ``sosp-h``: MLP neurons and heads,
 label-free KL loss on random images; ``cost="latency"``) picks the widths from the profiler's per-block tables,
-and the pruned model is timed against the dense one by ``hf_sparsify.benchmark`` in interleaved rounds. One
+and the pruned model is timed against the dense one by ``hf_sparsify.benchmark`` in interleaved rounds (``--runtime``:
+eager or ONNX Runtime, for the tables and the timing; ``--tables``: savings measured in the whole model or blocks
+timed alone). One
 database and one latency cache serve every target. Prints target, predicted and measured speed-ups.
 
 Part ``vit``: the bundled trained ViT (CIFAR-10), batch ``--vit-batch``. SPDY (base ``vbp``, latency) at
@@ -11,7 +13,8 @@ Part ``vit``: the bundled trained ViT (CIFAR-10), batch ``--vit-batch``. SPDY (b
 ratio chosen as the smallest whose profiler-predicted speed-up reaches SPDY's predicted one; both timed against the
 dense model in the same interleaved rounds, and evaluated (top-1) on ``--eval-limit`` CIFAR-10 test images.
 
-    python benchmarks/bench_spdy.py --part deit|vit|all [--targets 1.3,1.6,2.0]
+    python benchmarks/bench_spdy.py --part deit|vit|all [--targets 1.3,1.6,2.0] [--tables in_context|isolated]
+        [--runtime eager|onnxruntime]
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def deit_part(args, work: Path) -> list[dict]:
             target_speedup=target, base_method="sosp-h", cost="latency", profile_batch_size=8, num_levels=args.levels,
             num_random_starts=args.random_starts, search_steps=args.search_steps, patience=args.patience,
             num_calibration_samples=args.deit_calibration, calibration_batch_size=8, database=str(work / "deit_db"),
-            latency_cache=str(work / "deit_latency.json"), speedup_corrections=args.corrections, seed=0,
+            latency_cache=str(work / f"deit_latency_{args.runtime}.json"), speedup_corrections=args.corrections, seed=0,
+            latency_tables=args.tables, profile_runtime=args.runtime,
         )  # fmt: skip
         before = loadavg()
         start = time.time()
@@ -63,6 +67,8 @@ def deit_part(args, work: Path) -> list[dict]:
         row = {
             "part": "deit",
             "target": target,
+            "tables": args.tables,
+            "runtime": args.runtime,
             "predicted": round(info["predicted_speedup"], 3),
             "measured": round(info["measured_speedup"], 3),
             "measured_paired": round(info["measured"]["speedup_paired"], 3),
@@ -153,6 +159,8 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--deit-calibration", type=int, default=16)
     parser.add_argument("--corrections", type=int, default=3, help="SPDY's speedup_corrections for the DeiT part (0: the block tables' prediction only)")
+    parser.add_argument("--tables", choices=("in_context", "isolated"), default="in_context", help="SPDY's latency_tables for the DeiT part")
+    parser.add_argument("--runtime", choices=("eager", "onnxruntime", "compile"), default="eager", help="SPDY's profile_runtime for the DeiT part (tables and the final timing)")
     parser.add_argument("--vit-target", type=float, default=1.3)
     parser.add_argument("--vit-batch", type=int, default=64)
     parser.add_argument("--vit-calibration", type=int, default=256)

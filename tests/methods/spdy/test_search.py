@@ -165,3 +165,21 @@ def test_corrected_target_scales_by_the_gap_then_follows_the_secant():
     assert corrected_target(1.6, [(1.6, 2.1), (1.25, 1.37)], 0.05) == pytest.approx(1.25 + (1.64 - 1.37) * 0.35 / 0.73)
     # a secant that does not rise (noise) falls back to the last ratio
     assert corrected_target(1.6, [(1.6, 2.1), (1.25, 2.2)], 0.05) == pytest.approx(1.64 * 1.25 / 2.2)
+
+
+def test_tables_rebuilt_from_the_references_resnet50_figures_reproduce_its_uniform_speedups():
+    """The reference's ResNet-50 unstructured timing file gives, for uniform sparsity, 1.48× at 70.7%, 2.42× at 87.1%,
+    3.18× at 94.3% and at most 4.34× (../shared/reference/methods.md §4.3). Ten identical layers holding 90% of the
+    base time are given the per-layer times those speed-ups imply; the programme must find the uniform profiles back."""
+    base, uncontrolled, layers = 1.0, 0.1, 10
+    speedups = {0.0: 1.0, 0.707: 1.48, 0.871: 2.42, 0.943: 3.18, 0.99: 4.34}
+    per_layer = [(base / s - uncontrolled) / layers for s in speedups.values()]
+    tables = [list(per_layer) for _ in range(layers)]
+    assert max_speedup(base, tables) == pytest.approx(4.34)
+    for level, target in enumerate(speedups.values()):
+        assert speedup_of(base, tables, [level] * layers) == pytest.approx(target)
+        if target > 1:
+            profile = solve_profile(tables, [1.0] * layers, controlled_budget(base, tables, target_speedup=target) + 1e-12)
+            assert profile == [level] * layers  # the uniform level is the cheapest error that meets the speed-up
+    with pytest.raises(SPDYTargetError, match="cannot be met"):  # the pruner adds the largest reachable speed-up
+        solve_profile(tables, [1.0] * layers, controlled_budget(base, tables, target_speedup=4.5))
