@@ -390,8 +390,10 @@ class LatencyProfiler:
         and width ``w`` the whole model with **every** member of the class shrunk to ``w`` is timed against the
         dense model in the same interleaved rounds (at most :data:`CONTEXT_CHUNK` variants per round), and each
         member's saving at ``w`` is ``(1 − T_w/T_dense)·T_model / members``, with ``T_model`` :meth:`model_time`.
-        The returned tables keep each group's dense owner time at the dense width (so the time outside the groups
-        is the same as :meth:`group_times`') and subtract the in-context saving at every other width.
+        The returned tables subtract the in-context saving from each group's dense time at every other width;
+        that dense time is the narrowest measured width's time alone plus its in-context saving (blocks save more in
+        the model than alone; never less than the dense block's time alone, and never leaving the rest of the model
+        a negative time), so that no width costs less than zero.
 
         Costs one whole-model timing per class and width, cached like the block times (keyed also by the whole
         model's signature). Widths neither measured nor cached (``measure=False``) fall back to
@@ -428,23 +430,40 @@ class LatencyProfiler:
                 for w, stats in entry["times"].items():
                     fractions.setdefault(i, {})[int(w)] = float(stats["saved_fraction"]) / len(members)
                     self.sources[("context", groups[i].name, int(w))] = "in context" if (digest, int(w)) in fresh else "cached in context"
+        dense_of = self._dense_in_context(model, groups, widths, [row[0] for row in dense_rows], fractions, total)
         fallback = None
         out: list[list[float]] = []
         for index, (group, ws) in enumerate(zip(groups, widths)):
-            dense = dense_rows[index][0]
+            dense = dense_of[index]
             row = []
             for w in ws:
                 w = int(w)
                 if w == group.num_units:
                     row.append(dense)
                 elif w in fractions.get(index, {}):
-                    row.append(dense - fractions[index][w] * total)
+                    row.append(max(0.0, dense - fractions[index][w] * total))
                 else:
                     if fallback is None:
                         fallback = self.group_times(model, groups, widths)
                     row.append(fallback[index][list(map(int, ws)).index(w)])
             out.append(row)
         return out
+
+    def _dense_in_context(self, model, groups, widths, dense_alone: list[float], fractions: dict[int, dict[int, float]], total: float) -> list[float]:
+        """Each group's dense time for the in-context tables: a block saves more in the model than alone, so its
+        dense time there is taken as its narrowest measured width's time alone plus that width's in-context saving
+        (never less than its dense time alone); the excess over the blocks' times alone is scaled down if it would
+        leave the rest of the model a negative time."""
+        narrowest = {i: min(w for w in map(int, ws) if w in fractions.get(i, {})) for i, ws in enumerate(widths) if any(int(w) in fractions.get(i, {}) for w in ws)}
+        if not narrowest:
+            return list(dense_alone)
+        alone = self.group_times(model, [groups[i] for i in narrowest], [[w] for w in narrowest.values()])
+        extra = [0.0] * len(groups)
+        for (i, w), row in zip(narrowest.items(), alone):
+            extra[i] = max(0.0, row[0] + fractions[i][w] * total - dense_alone[i])
+        room = total - sum(dense_alone)
+        scale = 1.0 if sum(extra) <= max(room, 0.0) else max(room, 0.0) / sum(extra)
+        return [d + e * scale for d, e in zip(dense_alone, extra)]
 
     def _time_in_context(self, model: nn.Module, members: Sequence[StructureGroup], chunk: Sequence[int]) -> dict[int, dict[str, Any]]:
         """The whole model with every one of ``members`` shrunk to each width of ``chunk``, timed with the dense
