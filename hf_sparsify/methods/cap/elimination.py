@@ -177,12 +177,20 @@ def greedy_eliminate(
     )
 
 
+#: blocks are replayed in buckets of similar removal counts; each bucket's systems are padded to a multiple of this
+REPLAY_BUCKET = 16
+
+
 @torch.no_grad()
 def replay(weights: torch.Tensor, hinv: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, *, name: str = "layer") -> torch.Tensor:
     """The weights after each block has removed the first ``counts[b]`` weights of its elimination ``order``.
 
     Computes ``w − H⁻¹[:, Q] (H⁻¹[Q, Q])⁻¹ w_Q`` per block in float64 (equal to the sequential OBS updates),
     with ``Q`` the removed set; returns ``(n, B)`` in the dtype of ``weights`` with exact zeros on ``Q``.
+
+    The systems are solved at their own size, ``k = |Q|``, not ``B``: blocks are sorted by count and replayed in
+    buckets padded to the next multiple of :data:`REPLAY_BUCKET` (the padding rows are the identity), so a block that
+    removes half its weights costs an eighth of a full ``B×B`` Cholesky factorisation.
 
     Args:
         weights: ``(n, B)`` block weights before the elimination.
@@ -192,17 +200,36 @@ def replay(weights: torch.Tensor, hinv: torch.Tensor, order: torch.Tensor, count
     """
     n, b = weights.shape
     device = hinv.device
-    counts = counts.to(device)
-    rank = torch.empty(n, b, dtype=torch.long, device=device)
-    rank.scatter_(1, order.to(device=device, dtype=torch.long), torch.arange(b, device=device).expand(n, b).contiguous())
-    removed = rank < counts[:, None]
+    counts = counts.to(device=device, dtype=torch.long)
+    order = order.to(device=device, dtype=torch.long)
     w = weights.to(device=device, dtype=torch.float64)
-    h = hinv.to(torch.float64)
-    both = removed[:, :, None] & removed[:, None, :]
-    system = torch.where(both, h, torch.zeros((), dtype=torch.float64, device=device))
-    system.diagonal(dim1=1, dim2=2).add_((~removed).to(torch.float64))
-    factor, _ = damped_cholesky(system, name=name, what="OBS system")
-    x = torch.cholesky_solve(torch.where(removed, w, 0.0).unsqueeze(-1), factor)
-    new = w - torch.bmm(h, x).squeeze(-1)
-    new.masked_fill_(removed, 0)
+    new = w.clone()
+    sizes = ((counts + REPLAY_BUCKET - 1) // REPLAY_BUCKET * REPLAY_BUCKET).clamp_max(b)
+    for k in sizes.unique().tolist():
+        if k == 0:
+            continue
+        blocks = torch.nonzero(sizes == k).flatten()
+        new[blocks] = _replay_bucket(w[blocks], hinv[blocks], order[blocks, :k], counts[blocks], name=name)
     return new.to(weights.dtype)
+
+
+def _replay_bucket(w: torch.Tensor, hinv: torch.Tensor, first: torch.Tensor, counts: torch.Tensor, *, name: str) -> torch.Tensor:
+    """:func:`replay` of ``m`` blocks whose removed sets are within their ``k`` first ``order`` entries ``first``
+    (``(m, k)``): one ``(m, k, k)`` system per block, padded with identity rows beyond each block's count."""
+    m, b = w.shape
+    k = first.shape[1]
+    valid = torch.arange(k, device=w.device)[None, :] < counts[:, None]  # (m, k): removed
+    h = hinv.to(torch.float64)
+    rows = h.gather(1, first[:, :, None].expand(m, k, b))  # H⁻¹[Q, :]  (m, k, B)
+    system = rows.gather(2, first[:, None, :].expand(m, k, k))  # H⁻¹[Q, Q]  (m, k, k)
+    both = valid[:, :, None] & valid[:, None, :]
+    system = torch.where(both, system, torch.zeros((), dtype=torch.float64, device=w.device))
+    system.diagonal(dim1=1, dim2=2).add_((~valid).to(torch.float64))
+    factor, _ = damped_cholesky(system, name=name, what="OBS system")
+    rhs = torch.where(valid, w.gather(1, first), 0.0).unsqueeze(-1)
+    x = torch.cholesky_solve(rhs, factor)  # (m, k, 1), zero on the padding
+    out = w - torch.bmm(rows.transpose(1, 2), x).squeeze(-1)  # H⁻¹ symmetric: H⁻¹[:, Q] = H⁻¹[Q, :]ᵀ
+    removed = torch.zeros(m, b, dtype=torch.bool, device=w.device)
+    removed.scatter_(1, first, valid)
+    out.masked_fill_(removed, 0)
+    return out

@@ -131,3 +131,22 @@ def test_the_exhaustive_nm_oracle_bounds_the_greedy_elimination():
     diagonal = np.diag(np.arange(1.0, 13.0))
     result = greedy_eliminate(torch.from_numpy(w[1:2]), torch.from_numpy(np.linalg.inv(diagonal))[None].clone(), nm=(4, 2))
     assert float(result.cumloss[0, -1]) == pytest.approx(oracles.nm_exact(w[1], diagonal, (4, 2), w[1] == 0)[0], rel=1e-12)
+
+
+def test_replay_in_count_buckets_equals_the_joint_obs_solution_per_block():
+    # blocks of B = 40 with counts from 0 to B: several buckets, padded systems, empty and full removals
+    torch.manual_seed(0)
+    n, b = 12, 40
+    grads = torch.randn(n, 64, b, dtype=torch.float64)
+    hinv = torch.linalg.inv(grads.transpose(1, 2) @ grads / 64 + 1e-2 * torch.eye(b, dtype=torch.float64))
+    w = torch.randn(n, b, dtype=torch.float64)
+    order = torch.stack([torch.randperm(b) for _ in range(n)])
+    counts = torch.tensor([0, 1, 15, 16, 17, 20, 31, 32, 33, 39, 40, 7])
+    new = replay(w, hinv, order, counts)
+    for i in range(n):
+        q = order[i, : counts[i]]
+        expected = w[i] - hinv[i][:, q] @ torch.linalg.solve(hinv[i][q][:, q], w[i][q]) if counts[i] else w[i]
+        expected = expected.clone()
+        expected[q] = 0
+        torch.testing.assert_close(new[i], expected, rtol=1e-9, atol=1e-9)
+        assert int((new[i] == 0).sum()) == int(counts[i])
