@@ -103,17 +103,23 @@ def vit_part(args, work: Path) -> list[dict]:
         target_speedup=args.vit_target, base_method="vbp", cost="latency", profile_batch_size=args.vit_batch, num_levels=args.levels,
         num_random_starts=args.random_starts, search_steps=args.search_steps, patience=args.patience,
         num_calibration_samples=args.vit_calibration, latency_cache=str(work / "vit_latency.json"), measure_speedup=False, seed=0,
+        latency_tables=args.tables,
     )  # fmt: skip
     spdy = hf_sparsify.prune(model, spdy_config, train, image_processor=processor, disable_tqdm=True)
     info = spdy.pruning_result.info["spdy"]
     # the uniform allocation: one VBP ratio in every MLP, the smallest whose predicted speed-up reaches SPDY's
     profiler = LatencyProfiler(batch_size=args.vit_batch, cache=str(work / "vit_latency.json"))
     groups = select_groups(get_adapter(model), ["mlp"])
+    total = profiler.model_time(model)
     uniform = None
     for step in range(1, 100):
         ratio = step / 100
         candidate_widths = [max(8, round(g.num_units * (1 - ratio) / 8) * 8) for g in groups]
-        predicted = profiler.model_time(model) / profiler.predict(model, groups, candidate_widths)
+        if args.tables == "in_context":  # the same in-context tables SPDY used
+            rows = profiler.group_times_in_context(model, groups, [[g.num_units, w] for g, w in zip(groups, candidate_widths)])
+        else:
+            rows = profiler.group_times(model, groups, [[g.num_units, w] for g, w in zip(groups, candidate_widths)])
+        predicted = total / (total - sum(r[0] - r[1] for r in rows))
         if predicted >= info["predicted_speedup"]:
             uniform_config = hf_sparsify.VBPConfig(pruning_ratio=ratio, allocation="per_layer", num_calibration_samples=args.vit_calibration, seed=0)
             uniform = hf_sparsify.prune(model, uniform_config, train, image_processor=processor, disable_tqdm=True)
@@ -129,6 +135,7 @@ def vit_part(args, work: Path) -> list[dict]:
         row = {
             "part": "vit",
             "allocation": name,
+            "tables": args.tables,
             "target": args.vit_target,
             "predicted": round(predicted, 3),
             "measured": round(timed.speedup, 3),
@@ -159,7 +166,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--deit-calibration", type=int, default=16)
     parser.add_argument("--corrections", type=int, default=3, help="SPDY's speedup_corrections for the DeiT part (0: the block tables' prediction only)")
-    parser.add_argument("--tables", choices=("in_context", "isolated"), default="in_context", help="SPDY's latency_tables for the DeiT part")
+    parser.add_argument("--tables", choices=("in_context", "isolated"), default="in_context", help="SPDY's latency_tables (both parts; the vit part's uniform baseline is predicted from the same kind of table)")
     parser.add_argument("--runtime", choices=("eager", "onnxruntime", "compile"), default="eager", help="SPDY's profile_runtime for the DeiT part (tables and the final timing)")
     parser.add_argument("--vit-target", type=float, default=1.3)
     parser.add_argument("--vit-batch", type=int, default=64)
