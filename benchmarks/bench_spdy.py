@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--search-steps", type=int, default=20)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--deit-calibration", type=int, default=16)
-    parser.add_argument("--corrections", type=int, default=3, help="SPDY's speedup_corrections for the DeiT part (0: the block tables' prediction only)")
+    parser.add_argument("--corrections", type=int, default=5, help="SPDY's speedup_corrections for the DeiT part (0: the block tables' prediction only)")
     parser.add_argument("--tables", choices=("in_context", "isolated"), default="in_context", help="SPDY's latency_tables (both parts; the vit part's uniform baseline is predicted from the same kind of table)")
     parser.add_argument("--runtime", choices=("eager", "onnxruntime", "compile"), default="eager", help="SPDY's profile_runtime for the DeiT part (tables and the final timing)")
     parser.add_argument("--vit-target", type=float, default=1.3)

@@ -156,7 +156,7 @@ class SPDYConfig(PruningConfig):
     latency_cache: str | None = field(default=None, metadata={"help": "the profiler's JSON cache file (default: one per setting in the default cache folder)"})
     measure_speedup: bool = field(default=True, metadata={"help": "time the pruned model against the dense one at the end (cost='latency')"})
     speedup_corrections: int = field(
-        default=3,
+        default=5,
         metadata={"help": "rounds that time the chosen widths and, if below target_speedup or above it by more than speedup_tolerance, solve again for the target scaled by the predicted/measured gap (cost='latency')"},
     )
     speedup_tolerance: float = field(default=0.05, metadata={"help": "how far above the target a measured speed-up may be before a correction prunes less"})
