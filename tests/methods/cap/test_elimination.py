@@ -131,3 +131,22 @@ def test_the_exhaustive_nm_oracle_bounds_the_greedy_elimination():
     diagonal = np.diag(np.arange(1.0, 13.0))
     result = greedy_eliminate(torch.from_numpy(w[1:2]), torch.from_numpy(np.linalg.inv(diagonal))[None].clone(), nm=(4, 2))
     assert float(result.cumloss[0, -1]) == pytest.approx(oracles.nm_exact(w[1], diagonal, (4, 2), w[1] == 0)[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("nm", [None, (4, 2)])
+def test_a_non_contiguous_inverse_is_eliminated_as_a_contiguous_one(nm):
+    # the pivots' rows are gathered from a flat view of the workspace: a strided input is eliminated on a contiguous
+    # copy, and the caller's tensor still ends as the fully downdated inverse
+    w, hinv, _ = _problem(5, num_blocks=6, block=16)
+    weights = torch.from_numpy(w)
+    contiguous = hinv.clone()
+    strided = hinv.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    assert not strided.is_contiguous()
+    expected = greedy_eliminate(weights, contiguous, nm=nm)
+    result = greedy_eliminate(weights, strided, nm=nm)
+    for field in ("order", "cumloss", "num_forced", "num_steps", "weights"):
+        assert torch.equal(getattr(result, field), getattr(expected, field)), field
+    assert torch.equal(strided, contiguous)
+    # every removed weight is exactly zero (they are zeroed once, after the last step)
+    removed = result.order >= 0
+    assert (result.weights.gather(1, result.order.clamp_min(0))[removed] == 0).all()
