@@ -7,7 +7,7 @@ One chunk of ``--blocks`` Fisher blocks of ``--block`` weights (random gradients
 weights, none zero) is eliminated by :func:`hf_sparsify.methods.cap.elimination.greedy_eliminate` of this tree and,
 with ``--against REV``, by the one of ``git show REV:hf_sparsify/methods/cap/elimination.py`` loaded as a module.
 Printed, per implementation: the operators per elimination step (top-level ``aten::`` calls of one profiled run
-divided by ``B``) and the operators with the most self time (``torch.profiler``); whether both give bit-identical
+divided by the number of steps) and the operators with the most self time (``torch.profiler``); whether both give bit-identical
 orders, cumulative losses, weights and downdated inverses; and the seconds of ``--rounds`` runs, alternating which
 goes first (median and minimum). On a shared machine compare only the two columns of one run.
 """
@@ -50,9 +50,9 @@ def load_revision(rev: str):
 def profile_one(eliminate, weights, hinv, work, nm) -> tuple[float, list[tuple[str, float, int]]]:
     """Top-level operators per step and the operators with the most self time (name, ms, calls)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        eliminate(weights, work.copy_(hinv), nm=nm)
+        steps = eliminate(weights, work.copy_(hinv), nm=nm).order.shape[1]
     top_level = [e for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")]
-    per_step = len(top_level) / weights.shape[1]
+    per_step = len(top_level) / steps
     table = sorted(((a.key, a.self_cpu_time_total / 1e3, a.count) for a in prof.key_averages()), key=lambda x: -x[1])[:8]
     return per_step, table
 

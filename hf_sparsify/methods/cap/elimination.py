@@ -143,7 +143,7 @@ def greedy_eliminate(
         else:
             has_forced = no_block
         if nm is not None:
-            candidates &= (removed_in_group < quota)[:, group_of]
+            candidates.view(n, b // m, m).logical_and_((removed_in_group < quota).unsqueeze(2))  # groups of M in a row
         active = has_forced | candidates.any(1)
         if not bool(active.any()):
             order, cumloss = order[:, :step], cumloss[:, :step]
