@@ -143,8 +143,12 @@ def greedy_eliminate(
         else:
             has_forced = no_block
         if nm is not None:
-            candidates.view(n, b // m, m).logical_and_((removed_in_group < quota).unsqueeze(2))  # groups of M in a row
-        active = has_forced | candidates.any(1)
+            open_groups = removed_in_group < quota  # (removed_in_group counts the group's removed weights)
+            candidates.view(n, b // m, m).logical_and_(open_groups.unsqueeze(2))  # groups of M in a row
+            has_candidates = open_groups.any(1)  # a group below its quota still holds a weight not removed
+        else:
+            has_candidates = steps < b  # an active block removes one weight per step
+        active = has_forced | has_candidates
         if not bool(active.any()):
             order, cumloss = order[:, :step], cumloss[:, :step]
             break
