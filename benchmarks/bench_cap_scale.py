@@ -7,6 +7,9 @@ the same calibration batches.
     # quality: the bundled trained ViT on CIFAR-10 (../shared/data/cifar10), unstructured or 2:4
     python benchmarks/bench_cap_scale.py quality --settings 512x1:192,128x32:48 --structure 2:4 \
         [--methods magnitude,woodfisher,fastcap,cap,sparsegpt] [--limit N]
+    # damp: choose CAP's N:M nm_damp on held-out TRAIN images (never the test split), one Fisher per setting
+    python benchmarks/bench_cap_scale.py damp --settings 512x1:192,128x32:48 --structure 2:4 \
+        [--grid 1e-3,3e-3,1e-2,3e-2,1e-1,3e-1] [--heldout 5000] [--heldout-seed 1]
 
 What is printed (one JSON object per run, then a markdown table):
 
@@ -35,6 +38,7 @@ adapter as targets). It is a peer library installed for this benchmark only, nev
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import io
 import json
@@ -371,28 +375,137 @@ def quality_mode(args) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def heldout_indices(length: int, settings: list[tuple[int, int]], size: int, seed: int) -> list[int]:
+    """``size`` train rows drawn at random with ``seed`` among those that no calibration draw of ``settings`` reads
+    (quality mode draws ``num_grads × batch`` rows with seed 0: ``random_indices(length, n, 0)``)."""
+    from hf_sparsify.data import random_indices
+
+    used: set[int] = set()
+    for num_grads, g in settings:
+        used.update(random_indices(length, num_grads * g, 0))
+    free = [i for i in range(length) if i not in used]
+    return sorted(free[j] for j in random_indices(len(free), size, seed))
+
+
+@contextlib.contextmanager
+def cached_fisher():
+    """Within the block, CAP's pruner computes its Fisher sums once: the first ``collect_fisher`` call's sums are
+    kept, and every later call (same model, targets and batches: the caller's promise) gets a copy of them. What the
+    dampening changes (the inverse, the greedy elimination, the weights) runs in full every time, through
+    ``hf_sparsify.prune`` itself."""
+    import dataclasses
+
+    from hf_sparsify.methods.cap import pruner as cap_pruner
+
+    original = cap_pruner.collect_fisher
+    cache: dict[tuple, object] = {}
+
+    def collect(model, targets, batches, **kwargs):
+        key = (tuple(t.name for t in targets), kwargs.get("mode"), kwargs.get("seed"))
+        if key not in cache:
+            cache[key] = original(model, targets, batches, **kwargs)
+            cache[key] = dataclasses.replace(cache[key], sums={k: v.clone() for k, v in cache[key].sums.items()})
+        stats = cache[key]
+        return dataclasses.replace(stats, sums={k: v.clone() for k, v in stats.sums.items()}, timings=dict(stats.timings))
+
+    cap_pruner.collect_fisher = collect
+    try:
+        yield
+    finally:
+        cap_pruner.collect_fisher = original
+
+
+def damp_mode(args) -> None:
+    """CAP's N:M top-1 on held-out train images for a grid of ``nm_damp``, one Fisher per setting."""
+    from hf_sparsify.data import random_indices
+    from hf_sparsify.evaluation import evaluate_model
+
+    device = torch.device(args.device)
+    model_dir = SHARED / "models" / "vit-tiny-cifar10"
+    data_dir = SHARED / "data" / "cifar10"
+    if not (model_dir.exists() and data_dir.exists()):
+        raise SystemExit(f"damp mode needs {model_dir} and {data_dir}")
+    model = transformers.AutoModelForImageClassification.from_pretrained(model_dir).eval().to(device)
+    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
+    train = hf_sparsify.load_image_dataset(data_dir, "train")
+    settings = []
+    for setting in args.settings.split(","):
+        shape, block = setting.split(":")
+        num_grads, g = (int(x) for x in shape.split("x"))
+        settings.append((num_grads, g, int(block)))
+    heldout_rows = heldout_indices(len(train), [(m, g) for m, g, _ in settings], args.heldout, args.heldout_seed)
+    heldout = train.select(heldout_rows)
+    labels = heldout["label"]
+    grid = [float(x) for x in args.grid.split(",")]
+
+    def evaluate(m):
+        return evaluate_model(m, heldout, image_processor=processor, disable_tqdm=True)
+
+    header = {
+        "mode": "damp",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, transformers {transformers.__version__}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "python " + " ".join(sys.argv),
+        "heldout": f"{len(heldout_rows)} train rows (seed {args.heldout_seed}) outside every calibration draw; per-class counts {sorted(collections.Counter(labels).items())}",
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "dense": evaluate(model),
+    }
+    print(json.dumps(header), flush=True)
+    table: dict[float, dict[str, float]] = {}
+    for num_grads, g, block in settings:
+        name = f"{num_grads}x{g}:{block}"
+        batches = list(CalibrationData.from_source(train, model=model, image_processor=processor, batch_size=g, seed=0, num_samples=num_grads * g).iter_batches(num_grads))
+        assert not set(heldout_rows) & set(random_indices(len(train), num_grads * g, 0))  # the draw of the batches
+        base = CAPConfig(fisher_block_size=block, num_grads=num_grads, sparsity=0.5, mask_structure=args.structure, seed=0)
+        with cached_fisher():
+            for value in grid:
+                start = time.perf_counter()
+                pruned = hf_sparsify.prune(model, base.replace(nm_damp=value), batches, device=device, disable_tqdm=True)
+                seconds = time.perf_counter() - start
+                row = {"setting": name, "nm_damp": value, "seconds": round(seconds, 1), **evaluate(pruned), "load_average": round(os.getloadavg()[0], 2)}
+                print(json.dumps(row), flush=True)
+                table.setdefault(value, {})[name] = row["accuracy"]
+                del pruned
+    names = [f"{m}x{g}:{b}" for m, g, b in settings]
+    mean = {v: statistics.mean(cells[n] for n in names) for v, cells in table.items()}
+    best = max(mean, key=lambda v: (mean[v], -v))
+    print("\n| nm_damp | " + " | ".join(names) + " | mean |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for value in grid:
+        cells = " | ".join(f"{table[value][n] * 100:.2f}%" for n in names)
+        print(f"| {value:g}{' (best)' if value == best else ''} | {cells} | {mean[value] * 100:.2f}% |")
+    print(json.dumps({"rule": "highest mean held-out top-1 over the settings", "best_nm_damp": best, "load_average_after": [round(x, 2) for x in os.getloadavg()]}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=("time", "quality"))
+    parser.add_argument("mode", choices=("time", "quality", "damp"))
     parser.add_argument("--size", default="deit-tiny", choices=tuple(SIZES))
     parser.add_argument("--images", type=int, default=512, help="time mode: calibration images")
     parser.add_argument("--grad-batch-size", type=int, default=1, help="time mode: images per gradient")
     parser.add_argument("--block", type=int, default=192)
     parser.add_argument("--settings", default="512x1:192,128x32:48", help="quality mode: GRADSxBATCH:B,...")
     parser.add_argument("--methods", default="cap,fastcap,woodfisher,sparsegpt")
-    parser.add_argument("--structure", default="unstructured", help="'unstructured' or 'N:M'")
+    parser.add_argument("--structure", default=None, help="'unstructured' or 'N:M' (default: unstructured; damp mode: 2:4)")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--fisher-dtype", default=None, help="CAP/WoodFisher fisher_dtype (default: theirs)")
     parser.add_argument("--override", default="{}", help='quality mode: JSON {"cap": {"damp": 1e-6}} of config fields')
     parser.add_argument("--limit", type=int, default=None, help="quality mode: evaluate on N random test images (default: all 10,000)")
+    parser.add_argument("--grid", default="1e-3,3e-3,1e-2,3e-2,1e-1,3e-1", help="damp mode: nm_damp values")
+    parser.add_argument("--heldout", type=int, default=5000, help="damp mode: held-out train images")
+    parser.add_argument("--heldout-seed", type=int, default=1, help="damp mode: seed of the held-out draw")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     args.override = json.loads(args.override)
+    if args.structure is None:
+        args.structure = "2:4" if args.mode == "damp" else "unstructured"
+    if args.mode == "damp" and args.structure == "unstructured":
+        raise SystemExit("damp mode: nm_damp applies to N:M masks only; pass --structure N:M (e.g. 2:4)")
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
-    (time_mode if args.mode == "time" else quality_mode)(args)
+    {"time": time_mode, "quality": quality_mode, "damp": damp_mode}[args.mode](args)
 
 
 if __name__ == "__main__":

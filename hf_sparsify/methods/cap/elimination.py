@@ -119,21 +119,44 @@ def greedy_eliminate(
             raise ValueError(f"the block size {b} is not a multiple of M={m}")
         group_of = torch.arange(b, device=device) // m
         removed_in_group = torch.zeros(n, b // m, dtype=torch.long, device=device)
+    given = hinv
+    hinv = hinv if hinv.is_contiguous() else hinv.contiguous()
     diag = hinv.diagonal(dim1=1, dim2=2).clone()  # the current diagonal, downdated at every step
+    flat = hinv.view(n * b, b)  # row p of block i is row i·B + p: the pivots' rows are gathered whole (index_select)
+    base = rows * b
     pending_u = torch.empty(n, lazy, b, dtype=dtype, device=device)  # downdates not yet applied to hinv
     num_pending = 0
+    # the per-step (n, B) arrays live in buffers allocated once: a fresh float64 array of a chunk is page-faulted
+    # in at every step on CPU, which cost as much as the arithmetic (issue 17.3)
+    row = torch.empty(n, b, dtype=dtype, device=device)
+    rho = torch.empty(n, b, dtype=dtype, device=device)
+    candidates = torch.empty(n, b, dtype=torch.bool, device=device)
+    pending = torch.empty(n, b, dtype=torch.bool, device=device)
+    minus_inf = -inf
+    any_forced = bool(forced.any())  # a dense chunk (the usual case) has no forced steps to schedule
+    no_block = torch.zeros(n, dtype=torch.bool, device=device)
     for step in range(b):
-        pending = forced & ~done
-        has_forced = pending.any(1)
-        candidates = ~done
+        torch.bitwise_not(done, out=candidates)
+        if any_forced:
+            torch.bitwise_and(forced, candidates, out=pending)
+            has_forced = pending.any(1)
+        else:
+            has_forced = no_block
         if nm is not None:
-            candidates = candidates & (removed_in_group < quota)[:, group_of]
-        active = has_forced | candidates.any(1)
+            open_groups = removed_in_group < quota  # (removed_in_group counts the group's removed weights)
+            candidates.view(n, b // m, m).logical_and_(open_groups.unsqueeze(2))  # groups of M in a row
+            has_candidates = open_groups.any(1)  # a group below its quota still holds a weight not removed
+        else:
+            has_candidates = steps < b  # an active block removes one weight per step
+        active = has_forced | has_candidates
         if not bool(active.any()):
             order, cumloss = order[:, :step], cumloss[:, :step]
             break
-        rho = torch.where(candidates, w * w / diag, inf)
-        rho = torch.where(pending, -inf, rho)
+        torch.mul(w, w, out=rho)
+        rho.div_(diag)
+        torch.where(candidates, rho, inf, out=rho)
+        if any_forced:
+            torch.where(pending, minus_inf, rho, out=rho)
         p = rho.argmin(1)
         d = diag[rows, p]
         wp = w[rows, p]
@@ -143,10 +166,10 @@ def greedy_eliminate(
         loss = torch.where(live & ~has_forced, wp * wp / d, zero)
         cum += loss / 2
         # the pivot's row (= column) of the current H⁻¹: the applied row minus the pending downdates
-        row = hinv[rows, p]
+        torch.index_select(flat, 0, base + p, out=row)
         if num_pending:
             coef = pending_u[rows, :num_pending, p]  # (n, k): u_s[p]
-            row = row.unsqueeze(1).baddbmm(coef.unsqueeze(1), pending_u[:, :num_pending], alpha=-1).squeeze(1)
+            row.unsqueeze(1).baddbmm_(coef.unsqueeze(1), pending_u[:, :num_pending], alpha=-1)
         # OBS update of the weights, then the symmetric downdate u uᵀ, u = H⁻¹[p] / √d (pending)
         r = torch.where(live, d.clamp_min(tiny).rsqrt(), zero)
         u = row.mul_(r[:, None])
@@ -159,7 +182,6 @@ def greedy_eliminate(
             num_pending = 0
         act = rows[active]
         done[act, p[active]] = True
-        w.masked_fill_(done, 0)
         if nm is not None:
             removed_in_group[act, group_of[p[active]]] += 1
         order[:, step] = torch.where(active, p, torch.full_like(p, -1))
@@ -167,6 +189,12 @@ def greedy_eliminate(
         steps += active.long()
     if num_pending:
         hinv.baddbmm_(pending_u[:, :num_pending].transpose(1, 2), pending_u[:, :num_pending], alpha=-1)
+    # the removed weights drift from zero by rounding (their rows of H⁻¹ are zero only in exact arithmetic): nothing
+    # reads them during the elimination (ρ is masked; an active block never pivots on one, an inactive block's update is
+    # zero), so they are zeroed once, here
+    torch.where(done, zero, w, out=w)
+    if hinv is not given:
+        given.copy_(hinv)
     return Elimination(
         order=order,
         cumloss=cumloss,

@@ -150,3 +150,22 @@ def test_replay_in_count_buckets_equals_the_joint_obs_solution_per_block():
         expected[q] = 0
         torch.testing.assert_close(new[i], expected, rtol=1e-9, atol=1e-9)
         assert int((new[i] == 0).sum()) == int(counts[i])
+
+
+@pytest.mark.parametrize("nm", [None, (4, 2)])
+def test_a_non_contiguous_inverse_is_eliminated_as_a_contiguous_one(nm):
+    # the pivots' rows are gathered from a flat view of the workspace: a strided input is eliminated on a contiguous
+    # copy, and the caller's tensor still ends as the fully downdated inverse
+    w, hinv, _ = _problem(5, num_blocks=6, block=16)
+    weights = torch.from_numpy(w)
+    contiguous = hinv.clone()
+    strided = hinv.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    assert not strided.is_contiguous()
+    expected = greedy_eliminate(weights, contiguous, nm=nm)
+    result = greedy_eliminate(weights, strided, nm=nm)
+    for field in ("order", "cumloss", "num_forced", "num_steps", "weights"):
+        assert torch.equal(getattr(result, field), getattr(expected, field)), field
+    assert torch.equal(strided, contiguous)
+    # every removed weight is exactly zero (they are zeroed once, after the last step)
+    removed = result.order >= 0
+    assert (result.weights.gather(1, result.order.clamp_min(0))[removed] == 0).all()
