@@ -459,10 +459,15 @@ def _spdy(summary: Mapping[str, Any]) -> dict[str, Any] | None:
         "levels": spdy.get("levels"),  # sparsity levels of an unstructured base, else None (structure widths)
         "rows": [
             {
-                "name": r["name"], "kind": r["kind"], "width": r.get("width"), "dense": r.get("dense_width"),
+                "name": r["name"],
+                "kind": r["kind"],
+                "width": r.get("width"),
+                "dense": r.get("dense_width"),
                 "sparsity": f"{r['sparsity']:.2%}" if isinstance(r.get("sparsity"), (int, float)) else "",
-                "level": r["level"], "cost": fmt(r["cost"]), "dense_cost": fmt(r["dense_cost"]),
-            }  # fmt: skip
+                "level": r["level"],
+                "cost": fmt(r["cost"]),
+                "dense_cost": fmt(r["dense_cost"]),
+            }
             for r in spdy["profile"]
         ],
     }

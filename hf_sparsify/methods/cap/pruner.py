@@ -470,7 +470,7 @@ class _BlockFisherPruner(_GradientFisherPruner):
         groups = self._groups(targets)
         nm_quota = self._nm_quota(0)
         inverse_info: dict[str, InverseInfo] = {}
-        collect = dict(device=device, fisher_device=fisher_device, dtype=self._fisher_dtype(), result=result, disable_tqdm=disable_tqdm)
+        collect = {"device": device, "fisher_device": fisher_device, "dtype": self._fisher_dtype(), "result": result, "disable_tqdm": disable_tqdm}
         variants: dict[str, list[torch.Tensor]] = {}
         for number, group in enumerate(groups):
             stats = self._collect(model, group, calibration, 0, first=number == 0, **collect)

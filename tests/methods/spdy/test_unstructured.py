@@ -5,6 +5,7 @@ save and strict reload."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -19,10 +20,13 @@ from hf_sparsify.methods.base import PruningResult
 from hf_sparsify.methods.cap import CAPConfig, FastCAPConfig
 from hf_sparsify.methods.cap.pruner import CAPPruner, FastCAPPruner
 from hf_sparsify.methods.magnitude import MagnitudeConfig
-from hf_sparsify.methods.spdy import SPDYBaseMethodError, SPDYConfig, SPDYTargetError
+from hf_sparsify.methods.spdy import SPDYConfig, SPDYTargetError
 from hf_sparsify.methods.spdy.config import sparsity_levels
 from hf_sparsify.methods.spdy.pruner import SPDYPruner, profile_table, save_profile
-from hf_sparsify.methods.spdy.unstructured import UnstructuredSPDYPruner, magnitude_variants
+from hf_sparsify.methods.spdy.unstructured import (
+    UnstructuredSPDYPruner,
+    magnitude_variants,
+)
 from hf_sparsify.speed.runtimes import RuntimeUnavailableError
 from hf_sparsify.structured import attention_query_modules, count_macs
 from tests.conftest import make_tiny_model, tiny_batches
@@ -37,7 +41,7 @@ def quick(**changes) -> SPDYConfig:
 
 def _zero_sets_nested(weights: list[torch.Tensor]) -> bool:
     """Every level removes at least what the denser one before it removed."""
-    return all(bool(((a == 0) <= (b == 0)).all()) for a, b in zip(weights, weights[1:]))
+    return all(bool(((a == 0) <= (b == 0)).all()) for a, b in itertools.pairwise(weights))
 
 
 def _calibration(model, batch=4, num_batches=2):
