@@ -27,6 +27,18 @@ target with the least calibration loss. The model keeps its shapes: the levels a
 4. **Output**: the model with the chosen levels written into its weights, ``result.layers`` (per layer its
    sparsity, level, cost), ``info["spdy"]`` with the per-layer profile and the predicted and measured speed-ups
    (``cost="macs"``: MACs counted on the pruned model, dense ÷ non-zero).
+
+```python
+>>> import hf_sparsify
+>>> config = hf_sparsify.SPDYConfig(target_speedup=2.0, base_method="magnitude", cost="macs", num_levels=12,
+...                                 num_random_starts=4, search_steps=8, patience=4, num_calibration_samples=32)
+>>> pruned = hf_sparsify.prune(model, config, calibration, image_processor=processor)
+>>> spdy = pruned.pruning_result.info["spdy"]
+>>> spdy["levels"], spdy["predicted_speedup"] >= 2.0, spdy["measured_speedup"] >= 2.0
+('unstructured', True, True)
+>>> spdy["profile"][0]["name"], spdy["profile"][0]["kind"] in ("unstructured", "dense")
+('vit.layers.0.attention.q_proj', True)
+```
 """
 
 from __future__ import annotations
