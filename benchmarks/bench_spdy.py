@@ -13,14 +13,23 @@ Part ``vit``: the bundled trained ViT (CIFAR-10), batch ``--vit-batch``. SPDY (b
 ratio chosen as the smallest whose profiler-predicted speed-up reaches SPDY's predicted one; both timed against the
 dense model in the same interleaved rounds, and evaluated (top-1) on ``--eval-limit`` CIFAR-10 test images.
 
-    python benchmarks/bench_spdy.py --part deit|vit|all [--targets 1.3,1.6,2.0] [--tables in_context|isolated]
-        [--runtime eager|onnxruntime]
+Part ``unstructured``: the bundled trained ViT, per-layer sparsity levels (``cost="macs"``, the reference's grid of
+``--levels-unstructured`` levels) from one pass of ``--bases`` (``cap``, ``magnitude``) at a MACs speed-up
+``--unstructured-target``, against the same base method with one sparsity in every layer (``sparsity_distribution=
+"uniform"``) chosen to give at least SPDY's counted MACs speed-up, and with its own global ranking at that sparsity
+(``"global"``; every layer of the ViT sees the same tokens, so the same MACs); top-1 on ``--eval-limit`` CIFAR-10 test
+images.
+MACs are counted on the pruned models (dense ÷ non-zero): nothing on this CPU runs unstructured sparsity faster.
+
+    python benchmarks/bench_spdy.py --part deit|vit|unstructured|all [--targets 1.3,1.6,2.0]
+        [--tables in_context|isolated] [--runtime eager|onnxruntime]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import tempfile
@@ -156,9 +165,79 @@ def vit_part(args, work: Path) -> list[dict]:
     return rows
 
 
+def _macs_speedup(model) -> float:
+    from hf_sparsify.structured import attention_query_modules, count_macs
+
+    counted = count_macs(model, attention_query_modules(get_adapter(model)))
+    return counted["total"] / counted["effective"]
+
+
+def unstructured_part(args, work: Path) -> list[dict]:
+    model_dir = ROOT / "hf_sparsify" / "assets" / "vit-tiny-cifar10"
+    model = transformers.AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
+    train = hf_sparsify.load_image_dataset(args.data, split="train")
+    test = hf_sparsify.load_image_dataset(args.data, split="test")
+    dense_eval = evaluate_model(model, test, image_processor=processor, limit=args.eval_limit, disable_tqdm=True)
+    batch = args.unstructured_batch
+    base_settings = {"cap": {"fisher_block_size": args.fisher_block_size}, "magnitude": {}}
+    rows = []
+    for base in args.bases:
+        before = loadavg()
+        start = time.time()
+        config = hf_sparsify.SPDYConfig(
+            target_speedup=args.unstructured_target, base_method=base, cost="macs", num_levels=args.levels_unstructured,
+            base_settings=base_settings[base] or None, num_random_starts=args.random_starts, search_steps=args.search_steps,
+            patience=args.patience, num_calibration_samples=args.vit_calibration, calibration_batch_size=batch,
+            database=str(work / f"levels_{base}"), seed=0,
+        )  # fmt: skip
+        spdy = hf_sparsify.prune(model, config, train, image_processor=processor, disable_tqdm=True)
+        spdy_seconds = time.time() - start
+        info = spdy.pruning_result.info["spdy"]
+        # uniform: one sparsity in every layer, the smallest (0.001 steps) whose counted MACs speed-up reaches SPDY's
+        dense_macs = info["dense_cost"] - info["uncontrolled_cost"]
+        needed = 1 - (info["dense_cost"] / info["measured_speedup"] - info["uncontrolled_cost"]) / dense_macs
+        sparsity = min(0.999, math.ceil(needed * 1000) / 1000)
+        candidates = [(f"spdy ({base})", spdy, spdy_seconds)]
+        for distribution in ("uniform", "global"):  # global: the base method's own allocation at the same sparsity
+            if base == "cap":
+                baseline_config = hf_sparsify.CAPConfig(
+                    sparsity=sparsity, sparsity_distribution=distribution, num_calibration_samples=args.vit_calibration, calibration_batch_size=batch, seed=0,
+                    **base_settings[base],
+                )  # fmt: skip
+            else:
+                baseline_config = hf_sparsify.MagnitudeConfig(sparsity=sparsity, sparsity_distribution=distribution)
+            start = time.time()
+            baseline = hf_sparsify.prune(model, baseline_config, train if base == "cap" else None, image_processor=processor, disable_tqdm=True)
+            candidates.append((f"{distribution} {base} (sparsity {sparsity:.3f})", baseline, time.time() - start))
+        for name, pruned, seconds in candidates:
+            evaluation = evaluate_model(pruned, test, image_processor=processor, limit=args.eval_limit, disable_tqdm=True)
+            row = {
+                "part": "unstructured",
+                "allocation": name,
+                "target": args.unstructured_target,
+                "macs_speedup": round(_macs_speedup(pruned), 3),
+                "sparsity": round(hf_sparsify.sparsity_report(pruned).sparsity, 4),
+                "top1": round(evaluation["accuracy"], 4),
+                "dense_top1": round(dense_eval["accuracy"], 4),
+                "eval_images": evaluation["num_samples"],
+                "prune_seconds": round(seconds, 1),
+                "loadavg_before": before,
+                "loadavg_after": loadavg(),
+            }
+            if name.startswith("spdy"):
+                row.update(
+                    predicted=round(info["predicted_speedup"], 3), calibration_loss=round(info["calibration_loss"], 4), c1_loss=round(info["uniform_coefficients_loss"], 4),
+                    evaluations=info["evaluations"], layer_sparsities=[round(r["sparsity"], 3) for r in info["profile"]],
+                )  # fmt: skip
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("deit", "vit", "all"), default="all")
+    parser.add_argument("--part", choices=("deit", "vit", "unstructured", "all"), default="all")
     parser.add_argument("--targets", default="1.3,1.6,2.0")
     parser.add_argument("--levels", type=int, default=12)
     parser.add_argument("--random-starts", type=int, default=10)
@@ -172,10 +251,16 @@ def main() -> None:
     parser.add_argument("--vit-batch", type=int, default=64)
     parser.add_argument("--vit-calibration", type=int, default=256)
     parser.add_argument("--eval-limit", type=int, default=2000)
+    parser.add_argument("--unstructured-target", type=float, default=2.0, help="MACs speed-up of the unstructured part")
+    parser.add_argument("--levels-unstructured", type=int, default=42, help="levels per layer of the unstructured part (the reference: 42)")
+    parser.add_argument("--bases", default="cap,magnitude", help="base methods of the unstructured part")
+    parser.add_argument("--unstructured-batch", type=int, default=8, help="calibration batch of the unstructured part (CAP: images per gradient)")
+    parser.add_argument("--fisher-block-size", type=int, default=48, help="CAP's fisher_block_size in the unstructured part")
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "cifar10"))
     parser.add_argument("--work", default=None, help="folder for the databases and latency caches (default: a temporary one)")
     args = parser.parse_args()
     args.targets = [float(t) for t in args.targets.split(",")]
+    args.bases = [b for b in args.bases.split(",") if b]
     torch.set_num_threads(1)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, load {loadavg()}", flush=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_spdy_"))
@@ -184,6 +269,8 @@ def main() -> None:
         deit_part(args, work)
     if args.part in ("vit", "all"):
         vit_part(args, work)
+    if args.part in ("unstructured", "all"):
+        unstructured_part(args, work)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,15 @@ def test_every_method_in_every_dtype_label_free(method, family, dtype):
 @pytest.mark.parametrize("method", [m for m in available_methods() if "mixed_precision" in {f.name for f in dataclasses.fields(get_method(m).config_class)}])
 def test_mixed_precision_in_every_dtype(method, dtype):
     _run(method, "vit", dtype, backbone=False, extra={"mixed_precision": "bf16"})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("base", ["magnitude", "cap", "fastcap"])
+def test_spdy_sparsity_levels_in_half_precision(base, dtype):
+    """SPDY with per-layer sparsity levels (an unstructured base; not among the registered defaults above)."""
+    extra = {"base_method": base, "round_to": None, "target_speedup": 1.3}
+    if base != "magnitude":
+        extra["base_settings"] = {"fisher_block_size": 16}
+    pruned = _run("spdy", "vit", dtype, backbone=False, extra=extra)
+    spdy = pruned.pruning_result.info["spdy"]
+    assert spdy["measured_speedup"] >= 1.3 and hf_sparsify.sparsity_report(pruned).sparsity > 0

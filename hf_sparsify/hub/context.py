@@ -434,8 +434,8 @@ def _bottlenecks(summary: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _spdy(summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The SPDY section: the speed-up target, the predicted and measured speed-ups and the per-group profile, when
-    the last pruning step was SPDY (``info["spdy"]`` of its record)."""
+    """The SPDY section: the speed-up target, the predicted and measured speed-ups and the per-group (widths) or
+    per-layer (sparsity levels) profile, when the last pruning step was SPDY (``info["spdy"]`` of its record)."""
     record = summary.get("pruning")
     spdy = ((record or {}).get("info") or {}).get("spdy") if isinstance(record, Mapping) else None
     if not isinstance(spdy, Mapping) or not spdy.get("profile"):
@@ -448,7 +448,7 @@ def _spdy(summary: Mapping[str, Any]) -> dict[str, Any] | None:
     measured = spdy.get("measured_speedup")
     return {
         "target": f"{spdy['target_speedup']:g}× speed-up" if spdy.get("target_speedup") else f"a cost of {fmt(spdy.get('target_cost'))} {unit}",
-        "cost": "latency measured per block on the pruning machine" if spdy.get("cost") == "latency" else "MACs per image",
+        "cost": f"latency measured per {'layer' if spdy.get('levels') else 'block'} on the pruning machine" if spdy.get("cost") == "latency" else "MACs per image",
         "unit": unit,
         "base_method": spdy.get("base_method", ""),
         "predicted": f"{spdy['predicted_speedup']:.3f}×",
@@ -456,8 +456,18 @@ def _spdy(summary: Mapping[str, Any]) -> dict[str, Any] | None:
         "measured_by": spdy.get("measured_by") or "",
         "uncontrolled": f"{spdy.get('uncontrolled_fraction', 0.0):.1%}",
         "max_speedup": f"{spdy['max_speedup']:.3f}×" if isinstance(spdy.get("max_speedup"), (int, float)) else "",
+        "levels": spdy.get("levels"),  # sparsity levels of an unstructured base, else None (structure widths)
         "rows": [
-            {"name": r["name"], "kind": r["kind"], "width": r["width"], "dense": r["dense_width"], "level": r["level"], "cost": fmt(r["cost"]), "dense_cost": fmt(r["dense_cost"])}
+            {
+                "name": r["name"],
+                "kind": r["kind"],
+                "width": r.get("width"),
+                "dense": r.get("dense_width"),
+                "sparsity": f"{r['sparsity']:.2%}" if isinstance(r.get("sparsity"), (int, float)) else "",
+                "level": r["level"],
+                "cost": fmt(r["cost"]),
+                "dense_cost": fmt(r["dense_cost"]),
+            }
             for r in spdy["profile"]
         ],
     }

@@ -40,13 +40,15 @@ def config_at(config: PruningConfig, target: Any) -> PruningConfig:
 
 
 def check_pruning_setup(config: PruningConfig, schedule: PruningSchedule) -> type[Pruner]:
-    """Check that ``schedule`` can drive ``config``'s method; returns the method's pruner class.
+    """Check that ``schedule`` can drive ``config``'s method; returns the class of the pruner it gets for ``config``.
 
     Refused: a ramp that goes below its start, a ramp of a target that cannot be interpolated (a speed-up), a step
     target the configuration refuses (N:M fixes the sparsity), and a method that changes shapes on anything but a
     one-shot schedule at step 0 (shapes cannot change between optimizer steps).
     """
-    pruner_class = get_method(config.method).pruner_class
+    # the class of the pruner this configuration gets (SPDY's depends on its base method: widths change shapes,
+    # sparsity levels do not)
+    pruner_class = type(get_method(config.method).pruner_class(config))
     final = config.target
     schedule.check_final_sparsity(final)
     points = schedule.points(final)

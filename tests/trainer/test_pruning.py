@@ -65,6 +65,15 @@ def test_a_target_that_is_not_interpolable_cannot_be_ramped(speedup_method, tmp_
     assert check_pruning_setup(config, PruningSchedule.one_shot(at=3)) is SpeedupPruner
 
 
+def test_spdy_sparsity_levels_keep_shapes_so_they_may_prune_after_step_zero():
+    from hf_sparsify.methods.spdy.unstructured import UnstructuredSPDYPruner
+
+    levels = hf_sparsify.SPDYConfig(base_method="magnitude", cost="macs", target_speedup=2.0)
+    assert check_pruning_setup(levels, PruningSchedule.one_shot(at=3)) is UnstructuredSPDYPruner
+    with pytest.raises(PruningScheduleError, match="removes structures"):  # widths change shapes: step 0 only
+        check_pruning_setup(hf_sparsify.SPDYConfig(cost="macs", target_speedup=2.0), PruningSchedule.one_shot(at=3))
+
+
 def test_a_speedup_target_runs_one_shot_and_is_recorded_as_itself(speedup_method, tmp_path):
     model = tiny_vit()
     trainer = SparseTrainer(
@@ -93,3 +102,20 @@ def test_schedule_points_and_steps_follow_the_config():
     points = [(0, 0.2), (3, 0.5), (6, 0.8)]
     assert due_point(points, 0, 0) == 0 and due_point(points, 1, 2) is None
     assert due_point(points, 1, 7) == 2  # a resumed run that skipped a point jumps to the latest target
+
+
+def test_spdy_sparsity_levels_in_a_sparse_trainer_after_step_zero(tmp_path):
+    model = tiny_vit()
+    config = hf_sparsify.SPDYConfig(
+        base_method="magnitude", cost="macs", target_speedup=1.5, num_levels=6, num_random_starts=2, search_steps=2, patience=1,
+        num_calibration_samples=8, calibration_batch_size=4,
+    )  # fmt: skip
+    trainer = SparseTrainer(
+        model=model, args=training_args(tmp_path, max_steps=4, logging_steps=2), train_dataset=ToyImages(32),
+        pruning_config=config, schedule=PruningSchedule.one_shot(at=1),
+    )  # fmt: skip
+    trainer.train()
+    (step,) = trainer.pruning_history
+    assert step["step"] == 1 and step["target"] == {"target_speedup": 1.5}
+    sparsity = hf_sparsify.sparsity_report(model).sparsity
+    assert sparsity > 0.2 and step["measured_sparsity"] == pytest.approx(sparsity, abs=1e-3)  # the masks held during training

@@ -57,6 +57,7 @@ def fastcap_prune(
     columns_per_step: int | None = None,
     pruned: torch.Tensor | None = None,
     name: str = "layer",
+    factor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Prune the rows of ``weights`` (``(rows, B)``) with the shared Fisher ``fisher_sum`` (``(B, B)``, summed
     over ``num_grads`` gradients). Returns the pruned and updated weights (dtype of ``weights``).
@@ -67,12 +68,14 @@ def fastcap_prune(
         nm: ``(N, M)``: keep at most ``N`` of every ``M`` consecutive weights of a row.
         columns_per_step: columns whose mask is chosen together (default: all ``B``).
         pruned: already-pruned weights (they stay pruned); default ``weights == 0``.
+        factor: ``shared_fisher_factor(fisher_sum, num_grads, damp)`` when already computed (several sparsities of
+            one layer share it); default: computed here.
     """
     rows, b = weights.shape
     device = fisher_sum.device
     w = weights.to(device=device, dtype=torch.float64, copy=True)
     forced = (w == 0) if pruned is None else pruned.to(device=device, dtype=torch.bool).clone()
-    upper, dead = shared_fisher_factor(fisher_sum, num_grads, damp, name=name)
+    upper, dead = factor if factor is not None else shared_fisher_factor(fisher_sum, num_grads, damp, name=name)
     w[:, dead] = 0
     forced[:, dead] = True
     step = columns_per_step or b

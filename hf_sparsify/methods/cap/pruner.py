@@ -17,6 +17,7 @@ One pruning step (repeated ``num_recomputations`` times with interpolated sparsi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +31,16 @@ from ...surgery import check_nm, lowest_k_masks
 from ...utils import get_logger, progress, workspace_bytes
 from ...utils.memory import available_memory, format_bytes
 from ..base import Pruner, PruningError, PruningResult
-from .config import CUSTOM_LOSS, BlockFisherConfig, CAPConfig, FastCAPConfig, GradientFisherConfig, WoodFisherConfig
+from .config import (
+    CUSTOM_LOSS,
+    BlockFisherConfig,
+    CAPConfig,
+    FastCAPConfig,
+    GradientFisherConfig,
+    WoodFisherConfig,
+)
 from .elimination import greedy_eliminate, replay
-from .fastcap import fastcap_prune
+from .fastcap import fastcap_prune, shared_fisher_factor
 from .inverse import InverseInfo, block_fisher_inverse, chunks
 from .selection import kept_threshold, nm_remove_mask, num_to_remove, select_counts
 from .woodfisher import woodfisher_saliency, woodfisher_update
@@ -287,9 +295,10 @@ class _GradientFisherPruner(Pruner):
 
     @staticmethod
     @torch.no_grad()
-    def _write(target: FisherTarget, blocks: torch.Tensor) -> None:
-        """Write float64 ``blocks`` into the weight, in its dtype. A kept weight too small for that dtype (below
-        float16's 6e-8) is written as the dtype's smallest value of its sign, so that the mask stays the one chosen."""
+    def _cast(target: FisherTarget, blocks: torch.Tensor) -> torch.Tensor:
+        """Float64 ``blocks`` as a tensor of the weight's shape, dtype and device. A kept weight too small for that
+        dtype (below float16's 6e-8) becomes the dtype's smallest value of its sign, so that the mask stays the one
+        chosen."""
         weight = target.weight
         new = target.layout.from_blocks(blocks).to(weight.device)
         cast = new.to(weight.dtype)
@@ -298,7 +307,31 @@ class _GradientFisherPruner(Pruner):
             info = torch.finfo(weight.dtype)
             smallest = info.smallest_normal * info.eps  # the smallest subnormal
             cast[lost] = torch.where(new[lost] > 0, smallest, -smallest).to(weight.dtype)
-        weight.copy_(cast)
+        return cast
+
+    @classmethod
+    @torch.no_grad()
+    def _write(cls, target: FisherTarget, blocks: torch.Tensor) -> None:
+        """Write float64 ``blocks`` into the weight, in its dtype (:meth:`_cast`)."""
+        target.weight.copy_(cls._cast(target, blocks))
+
+    def _variant_setup(self, model, adapter, calibration, device) -> list[FisherTarget]:
+        """The checks and targets of :meth:`layer_variants`: one recomputation, inputs, memory (before any gradient)."""
+        config: GradientFisherConfig = self.config
+        if config.num_recomputations != 1:
+            raise PruningConfigError(f"per-layer variants come from one pass of {config.method}: num_recomputations must be 1, got {config.num_recomputations}.")
+        self._check_inputs(calibration)
+        self.plan(model, adapter, device=device)  # raises before any gradient when the Fisher does not fit
+        return self._targets(adapter.select_layers(config.targets, config.ignore))
+
+    def layer_variants(self, model, adapter, calibration, sparsities: Sequence[float], *, device, result: PruningResult, disable_tqdm: bool = False) -> dict[str, list[torch.Tensor]]:
+        """Every target layer's weights at every sparsity of ``sparsities``, each layer pruned on its own (as
+        ``sparsity_distribution="uniform"``), from **one** pass of gradients; the model is not changed (SPDY's
+        layer-wise database). With an N:M ``mask_structure`` there is one variant per layer, the N:M one
+        (``sparsities`` is ignored).
+
+        Returns ``{layer name: [weights (the layer's shape, dtype and device), one per sparsity]}``."""
+        raise NotImplementedError
 
 
 class _BlockFisherPruner(_GradientFisherPruner):
@@ -423,6 +456,40 @@ class _BlockFisherPruner(_GradientFisherPruner):
         if config.nm is not None:
             result.info["nm_damp"] = config.nm_damp
         return result
+
+    @torch.no_grad()
+    def layer_variants(self, model, adapter, calibration, sparsities: Sequence[float], *, device, result: PruningResult, disable_tqdm: bool = False) -> dict[str, list[torch.Tensor]]:
+        """Every target layer at every sparsity from one pass (see :meth:`_GradientFisherPruner.layer_variants`):
+        per layer one inverse and one analysis (CAP: the greedy elimination, which keeps every block's order and
+        cumulative losses); a sparsity then only decides how many weights each block loses, from the layer's own
+        lowest scores (:func:`.selection.select_counts` on that layer's blocks), and the weights are rebuilt
+        (CAP: :func:`.elimination.replay`)."""
+        config: BlockFisherConfig = self.config
+        targets = self._variant_setup(model, adapter, calibration, device)
+        fisher_device = self._fisher_device(device)
+        groups = self._groups(targets)
+        nm_quota = self._nm_quota(0)
+        inverse_info: dict[str, InverseInfo] = {}
+        collect = {"device": device, "fisher_device": fisher_device, "dtype": self._fisher_dtype(), "result": result, "disable_tqdm": disable_tqdm}
+        variants: dict[str, list[torch.Tensor]] = {}
+        for number, group in enumerate(groups):
+            stats = self._collect(model, group, calibration, 0, first=number == 0, **collect)
+            for t in progress(group, desc=f"{config.method} layer variants", disable=disable_tqdm):
+                blocks = _as_blocks(t, fisher_device)
+                st = _StepTarget(t, blocks, int((blocks == 0).sum()))
+                hinv = self._inverse(stats, t, result, inverse_info)
+                analysis = self._analyse(st, hinv, nm_quota, result)
+                if nm_quota is not None:
+                    decisions = [self._nm_decision(analysis, nm_quota)]
+                else:
+                    with result.timed("selection"):
+                        decisions = [self._select([analysis], num_to_remove(t.layout.numel, s, st.already))[0][0] for s in sparsities]
+                with result.timed("update"):
+                    variants[t.name] = [self._cast(t, self._rebuild(st, hinv, analysis, decision)) for decision in decisions]
+                del hinv, analysis
+            del stats
+        self._scratch_buffer = None
+        return variants
 
     def _prune_step(self, model, calibration, targets, groups, step, collect, result, inverse_info, disable_tqdm):
         """One recomputation: Fisher per group of layers, per-layer analysis, selection, rebuilt weights (not yet
@@ -601,3 +668,25 @@ class FastCAPPruner(_GradientFisherPruner):
                 self._write(t, new)
         self._record(targets, result, {}, {})
         return result
+
+    @torch.no_grad()
+    def layer_variants(self, model, adapter, calibration, sparsities: Sequence[float], *, device, result: PruningResult, disable_tqdm: bool = False) -> dict[str, list[torch.Tensor]]:
+        """Every target layer at every sparsity from one pass (see :meth:`_GradientFisherPruner.layer_variants`):
+        one statistics pass, the shared factor of each layer's ``B×B`` Fisher computed once
+        (:func:`.fastcap.shared_fisher_factor`), then one cheap column-sequential solve per sparsity."""
+        config: FastCAPConfig = self.config
+        targets = self._variant_setup(model, adapter, calibration, device)
+        stats = self._collect(model, targets, calibration, 0, device=device, fisher_device=device, dtype=self._fisher_dtype(), result=result, disable_tqdm=disable_tqdm)
+        nm = None if config.nm is None else tuple(config.nm)
+        variants: dict[str, list[torch.Tensor]] = {}
+        for t in progress(targets, desc="fastcap layer variants", disable=disable_tqdm):
+            blocks = _as_blocks(t, torch.device(device))
+            fisher_sum = stats.sums.pop(t.name)
+            with result.timed("inverse"):
+                factor = shared_fisher_factor(fisher_sum, stats.num_grads, config.damp, name=t.name)
+            with result.timed("update"):
+                variants[t.name] = [
+                    self._cast(t, fastcap_prune(blocks, fisher_sum, stats.num_grads, sparsity=s, damp=config.damp, nm=nm, columns_per_step=config.columns_per_step, name=t.name, factor=factor))
+                    for s in ([1 - nm[0] / nm[1]] if nm is not None else sparsities)
+                ]
+        return variants

@@ -5,10 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ...configuration import Citation, PruningConfig, PruningConfigError
+from ...configuration import Citation, PruningConfig, PruningConfigError, parse_nm
 from ...errors import HfSparsifyError
 
-__all__ = ["COSTS", "DEFAULT_SPEEDUP", "LATENCY_TABLES", "LOSSES", "STRUCTURED_BASE_METHODS", "SPDYBaseMethodError", "SPDYConfig", "SPDYTargetError"]
+__all__ = [
+    "COSTS",
+    "DEFAULT_SPEEDUP",
+    "LATENCY_TABLES",
+    "LOSSES",
+    "STRUCTURED_BASE_METHODS",
+    "UNSTRUCTURED_BASE_METHODS",
+    "SPDYBaseMethodError",
+    "SPDYConfig",
+    "SPDYTargetError",
+    "sparsity_levels",
+]
 
 #: what the budget is measured in: the profiler's measured latency, or MACs per image
 COSTS = ("latency", "macs")
@@ -18,9 +29,10 @@ LATENCY_TABLES = ("in_context", "isolated")
 LOSSES = ("auto", "labels", "kl")
 #: base methods whose per-unit scores give every width of every group (a registered structured method)
 STRUCTURED_BASE_METHODS = ("vbp", "sosp-h")
+#: base methods whose one pass gives every layer at every sparsity (or 2:4): unstructured / N:M levels
+UNSTRUCTURED_BASE_METHODS = ("magnitude", "cap", "fastcap")
 #: the speed-up asked for when neither target_speedup nor target_cost is given
 DEFAULT_SPEEDUP = 1.5
-
 
 
 class SPDYTargetError(HfSparsifyError, ValueError):
@@ -30,6 +42,24 @@ class SPDYTargetError(HfSparsifyError, ValueError):
 
 class SPDYBaseMethodError(HfSparsifyError, ValueError):
     """The base method cannot give per-layer variants (it is not a structured method with per-unit scores)."""
+
+
+def sparsity_levels(num_levels: int = 42, min_sparsity: float = 0.4, max_sparsity: float = 0.99) -> list[float]:
+    """The reference's unstructured grid as densities, dense first: ``1`` then ``num_levels − 1`` densities spaced
+    geometrically from ``1 − min_sparsity`` down to ``1 − max_sparsity``,
+    ``d_k = d_max·(d_min/d_max)^{k/(n−2)}`` (the reference: 42 levels, sparsities 0.40 … 0.99).
+
+    ```python
+    >>> from hf_sparsify.methods.spdy.config import sparsity_levels
+    >>> [round(1 - d, 4) for d in sparsity_levels(42)][:4], round(1 - sparsity_levels(42)[-1], 4)
+    ([0.0, 0.4, 0.4584, 0.5111], 0.99)
+    ```
+    """
+    if num_levels < 3:
+        raise ValueError(f"an unstructured grid needs at least 3 levels (dense and two densities), got {num_levels}")
+    high, low = 1.0 - min_sparsity, 1.0 - max_sparsity
+    steps = num_levels - 2
+    return [1.0] + [high * (low / high) ** (k / steps) for k in range(steps + 1)]
 
 
 CITATION = Citation(
@@ -50,7 +80,8 @@ CITATION = Citation(
 
 @dataclass(kw_only=True)
 class SPDYConfig(PruningConfig):
-    """SPDY: per-layer widths that meet a speed-up target on the user's hardware with the least calibration loss.
+    """SPDY: per-layer widths (or sparsities) that meet a speed-up target on the user's hardware with the least
+    calibration loss.
 
     A base structured method (``"vbp"`` or ``"sosp-h"``) scores every unit once; its scores give each structure
     group (an MLP's neurons, an attention's heads, a ConvNeXt block's channels) at every width of a level grid (the
@@ -61,18 +92,30 @@ class SPDYConfig(PruningConfig):
     head) included; a local search over the coefficients ``c_l`` keeps the profile whose stitched model has the
     lowest calibration loss (cross-entropy with labels, else KL divergence from the dense model). See docs/spdy.md.
 
+    With an unstructured base (``"magnitude"``, ``"cap"``, ``"fastcap"``) the levels are per-layer sparsities
+    instead (the reference's grid, ``mask_structure="unstructured"``) or dense / 2:4 (``mask_structure="2:4"``):
+    one pass of the base method gives every layer at every level, and the model keeps its shapes (zeros in the
+    weights). Nothing here runs unstructured sparsity faster, so their cost is ``cost="macs"`` (MACs × density);
+    2:4 levels can also be timed (``cost="latency"``) on the ``semi-structured`` runtime (an Ampere-or-newer GPU).
+
     Args:
         target_speedup: dense time ÷ pruned time to reach, > 1 (default 1.5 when ``target_cost`` is not given).
         target_cost: instead of a speed-up, the absolute budget: seconds per batch (``cost="latency"``) or MACs
             per image (``cost="macs"``).
         base_method: ``"vbp"`` (MLP neurons / ConvNeXt channels by activation variance) or ``"sosp-h"`` (also
-            attention heads, by second-order saliency).
+            attention heads, by second-order saliency): structure widths; ``"magnitude"``, ``"cap"`` or
+            ``"fastcap"``: per-layer sparsity levels of every prunable layer (see ``mask_structure``).
+        mask_structure: unstructured bases only: ``"unstructured"`` (levels: dense and ``num_levels − 1``
+            densities spaced geometrically from ``1 − min_sparsity`` to ``1 − max_sparsity``) or ``"N:M"`` such as
+            ``"2:4"`` (levels: dense and N:M per layer).
+        min_sparsity, max_sparsity: unstructured levels: the sparsest and densest non-dense levels (the
+            reference: 0.4 and 0.99).
         base_settings: extra settings of the base method's configuration (e.g. ``{"hessian": "gauss_newton"}``).
         cost: ``"latency"`` (the profiler's measured seconds) or ``"macs"``.
         num_levels: at most this many widths per group, dense included (the reference: 42); the allowed widths
             (multiples of ``round_to``) are thinned evenly to this many.
-        round_to: kept MLP / channel widths are multiples of this (heads count one by one); default: the base
-            method's (8).
+        round_to: structured bases: kept MLP / channel widths are multiples of this (heads count one by one);
+            default: the base method's (8).
         num_buckets: the time budget is cut into this many buckets in the dynamic programme (the reference: 10,000).
         num_random_starts: random coefficient vectors tried first (the reference: 100).
         search_steps: most candidate profiles the local search evaluates after the random starts.
@@ -133,11 +176,20 @@ class SPDYConfig(PruningConfig):
     target_cost: float | None = field(
         default=None, metadata={"help": "absolute budget instead of a speed-up: seconds per batch (cost='latency') or MACs per image (cost='macs')"}
     )
-    base_method: str = field(default="vbp", metadata={"help": "structured method whose scores give every width: 'vbp' or 'sosp-h'"})
+    base_method: str = field(
+        default="vbp",
+        metadata={"help": "method giving every layer's variants: 'vbp' or 'sosp-h' (structure widths), 'magnitude', 'cap' or 'fastcap' (per-layer sparsity levels, see mask_structure)"},
+    )
+    mask_structure: str = field(
+        default="unstructured",
+        metadata={"help": "unstructured bases: 'unstructured' (levels: dense + num_levels-1 densities between min_sparsity and max_sparsity) or 'N:M' such as '2:4' (levels: dense or N:M per layer)"},
+    )
+    min_sparsity: float = field(default=0.4, metadata={"help": "unstructured levels: the least sparsity below dense (the reference: 0.4)"})
+    max_sparsity: float = field(default=0.99, metadata={"help": "unstructured levels: the largest sparsity (the reference: 0.99)"})
     base_settings: dict | None = field(default=None, metadata={"help": "extra settings of the base method's configuration, as JSON"})
     cost: str = field(default="latency", metadata={"help": "'latency' (measured on this machine, cached; see latency_tables) or 'macs'"})
     num_levels: int = field(default=42, metadata={"help": "most widths per group, dense included (the reference: 42)"})
-    round_to: int | None = field(default=None, metadata={"help": "kept MLP / channel widths are multiples of this; default: the base method's"})
+    round_to: int | None = field(default=None, metadata={"help": "structured bases: kept MLP / channel widths are multiples of this; default: the base method's"})
     num_buckets: int = field(default=10_000, metadata={"help": "time buckets of the dynamic programme's budget (the reference: 10,000)"})
     num_random_starts: int = field(default=100, metadata={"help": "random coefficient vectors tried before the local search (the reference: 100)"})
     search_steps: int = field(default=1000, metadata={"help": "most candidate profiles the local search evaluates after the random starts"})
@@ -175,7 +227,8 @@ class SPDYConfig(PruningConfig):
         self._check_choice("loss", self.loss, LOSSES)
         self._check_choice("latency_tables", self.latency_tables, LATENCY_TABLES)
         if not isinstance(self.base_method, str) or not self.base_method:
-            raise PruningConfigError(f"base_method must name a structured method, one of {list(STRUCTURED_BASE_METHODS)}.")
+            raise PruningConfigError(f"base_method must name a method, one of {list(STRUCTURED_BASE_METHODS + UNSTRUCTURED_BASE_METHODS)}.")
+        self._check_levels()
         for name, low in (("num_levels", 2), ("num_buckets", 10), ("num_random_starts", 1), ("search_steps", 0), ("patience", 1), ("profile_batch_size", 1), ("speedup_corrections", 0)):
             if getattr(self, name) < low:
                 raise PruningConfigError(f"{name} must be ≥ {low}, got {getattr(self, name)}.")
@@ -185,6 +238,54 @@ class SPDYConfig(PruningConfig):
             raise PruningConfigError(f"speedup_tolerance must be in [0, 1), got {self.speedup_tolerance}.")
         if not 0 < self.mutation_fraction <= 1:
             raise PruningConfigError(f"mutation_fraction must be in (0, 1], got {self.mutation_fraction}.")
+
+    def _check_levels(self) -> None:
+        """The level settings against the kind of base method; latency with levels no runtime here exploits is
+        refused before any work."""
+        if not self.unstructured_levels():
+            changed = [f"{name}={getattr(self, name)!r}" for name, default in (("mask_structure", "unstructured"), ("min_sparsity", 0.4), ("max_sparsity", 0.99)) if getattr(self, name) != default]
+            if changed:
+                raise PruningConfigError(
+                    f"{', '.join(changed)}: sparsity levels need an unstructured base method ({', '.join(UNSTRUCTURED_BASE_METHODS)}); "
+                    f"base_method={self.base_method!r} gives structure widths (set num_levels / round_to instead)."
+                )
+            return
+        if self.round_to is not None:
+            raise PruningConfigError(f"round_to applies to structure widths; base_method={self.base_method!r} gives sparsity levels: leave round_to unset.")
+        if self.mask_structure != "unstructured":
+            parse_nm(self.mask_structure)  # PruningConfigError naming the problem
+        else:
+            if not 0 < self.min_sparsity < self.max_sparsity < 1:
+                raise PruningConfigError(
+                    f"min_sparsity={self.min_sparsity} and max_sparsity={self.max_sparsity} must satisfy 0 < min_sparsity < max_sparsity < 1 "
+                    "(the reference: 0.4 and 0.99)."
+                )
+            if self.num_levels < 3:
+                raise PruningConfigError(f"num_levels must be ≥ 3 for unstructured levels (dense and two sparsities), got {self.num_levels}.")
+        if self.cost == "latency":
+            if self.mask_structure == "unstructured":
+                raise PruningConfigError(
+                    "cost='latency' cannot rank unstructured sparsity levels: no runtime here runs an unstructured-sparse layer faster "
+                    "than dense (its measured time would not change with the level). Use cost='macs' (MACs × density, the OBC/SPDY "
+                    "FLOPs constraint), or mask_structure='2:4' with profile_runtime='semi-structured' on an Ampere-or-newer GPU."
+                )
+            if self.mask_structure != "2:4" or self.profile_runtime != "semi-structured":
+                raise PruningConfigError(
+                    f"cost='latency' with mask_structure={self.mask_structure!r} on profile_runtime={self.profile_runtime!r}: only the "
+                    "'semi-structured' runtime (an Ampere-or-newer NVIDIA GPU, fp16/bf16) runs 2:4 layers faster, so these levels would "
+                    "all time as dense. Use cost='macs', or mask_structure='2:4' with profile_runtime='semi-structured' on such a GPU."
+                )
+
+    def unstructured_levels(self) -> bool:
+        """Whether the levels are per-layer sparsities (an unstructured base method) rather than structure widths."""
+        return self.base_method in UNSTRUCTURED_BASE_METHODS
+
+    def sparsity_levels(self) -> list[float | str]:
+        """The levels of every layer for an unstructured base, dense first: densities (``1.0`` = dense), or
+        ``[1.0, "N:M"]``."""
+        if self.mask_structure != "unstructured":
+            return [1.0, self.mask_structure]
+        return sparsity_levels(self.num_levels, self.min_sparsity, self.max_sparsity)
 
     def needs_labels(self) -> bool:
         return self.loss == "labels"

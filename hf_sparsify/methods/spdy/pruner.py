@@ -32,7 +32,6 @@ from ...adapters import ATTENTION_HEAD, StructureGroup
 from ...configuration import PruningConfigError, get_method
 from ...data import CalibrationDataError
 from ...hub.chart import render_sparsity_chart
-from ...observers.gradients import model_features
 from ...report import sparsity_report
 from ...speed import LatencyCost, LatencyProfiler, benchmark
 from ...structured import (
@@ -44,8 +43,14 @@ from ...structured import (
 )
 from ...structured.groups import KIND_NOUNS
 from ...utils import get_logger
-from ..base import PruningError, PruningResult
-from .config import STRUCTURED_BASE_METHODS, SPDYBaseMethodError, SPDYConfig
+from ..base import PruningResult
+from .calibration import calibration_loss, calibration_set
+from .config import (
+    STRUCTURED_BASE_METHODS,
+    UNSTRUCTURED_BASE_METHODS,
+    SPDYBaseMethodError,
+    SPDYConfig,
+)
 from .database import LayerDatabase
 from .search import (
     SPDYTargetError,
@@ -57,8 +62,9 @@ from .search import (
     solve_profile,
     speedup_of,
 )
+from .unstructured import UnstructuredSPDYPruner
 
-__all__ = ["SPDYBaseMethodError", "SPDYPruner", "profile_table", "save_profile"]
+__all__ = ["SPDYBaseMethodError", "SPDYPruner", "UnstructuredSPDYPruner", "profile_table", "save_profile"]
 
 logger = get_logger(__name__)
 
@@ -68,20 +74,29 @@ def _base_entry(name: str):
     pruner_class = entry.pruner_class
     if not issubclass(pruner_class, StructuredPruner) or name == "spdy":
         raise SPDYBaseMethodError(
-            f"base_method={name!r} cannot give SPDY per-layer variants: SPDY's levels here are structure widths, which come from "
-            f"a structured method's per-unit scores. Use base_method one of {list(STRUCTURED_BASE_METHODS)} "
-            "(unstructured and 2:4 levels from CAP or magnitude are not implemented)."
+            f"base_method={name!r} cannot give SPDY per-layer variants: structure widths come from a structured method's per-unit "
+            f"scores ({', '.join(STRUCTURED_BASE_METHODS)}), sparsity levels from one pass of {', '.join(UNSTRUCTURED_BASE_METHODS)}. "
+            f"Use base_method one of {list(STRUCTURED_BASE_METHODS + UNSTRUCTURED_BASE_METHODS)}."
         )
     return entry.config_class, pruner_class
 
 
 class SPDYPruner(StructuredPruner):
-    """SPDY on the structured core (see the module docstring and docs/spdy.md)."""
+    """SPDY on the structured core (see the module docstring and docs/spdy.md).
+
+    With an unstructured base method (``"magnitude"``, ``"cap"``, ``"fastcap"``) the levels are per-layer sparsities
+    and ``SPDYPruner(config)`` returns an :class:`~hf_sparsify.methods.spdy.unstructured.UnstructuredSPDYPruner`
+    (which keeps the model's shapes)."""
 
     config_class = SPDYConfig
     title = "SPDY"
     structure_kinds = ("mlp", "heads", "channels")
     score_phase = "database"
+
+    def __new__(cls, config: SPDYConfig | None = None, *args, **kwargs):
+        if cls is SPDYPruner and isinstance(config, SPDYConfig) and config.unstructured_levels():
+            return UnstructuredSPDYPruner(config)  # not an SPDYPruner: __init__ is not called again
+        return super().__new__(cls)
 
     def __init__(self, config: SPDYConfig):
         super().__init__(config)
@@ -325,50 +340,12 @@ class SPDYPruner(StructuredPruner):
         return rounds
 
     # ------------------------------------------------------------------------------------------ calibration loss
-    @torch.no_grad()
     def _calibration_set(self, model: nn.Module) -> tuple[str, list[dict[str, torch.Tensor]], list[torch.Tensor]]:
-        """The search's images (one pass of the calibration data, kept), which loss scores a profile, and the dense
-        model's outputs on them (for ``"kl"``)."""
-        config: SPDYConfig = self.config
-        batches = [{k: v for k, v in batch.items() if k in ("pixel_values", "labels")} for batch in self._calibration]
-        if not batches:
-            raise CalibrationDataError("SPDY's calibration data yielded no batch.")
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
-        first = model(pixel_values=batches[0]["pixel_values"].to(device=device, dtype=dtype))
-        has_logits = (first.get("logits") if isinstance(first, dict) else getattr(first, "logits", None)) is not None
-        labelled = all("labels" in b for b in batches)
-        if config.loss == "labels" and not (labelled and has_logits):
-            raise CalibrationDataError("SPDY loss='labels' needs labelled calibration images and a model with a classification head; use loss='kl'.")
-        kind = "labels" if config.loss == "labels" or (config.loss == "auto" and labelled and has_logits) else "kl"
-        reference = []
-        if kind == "kl":
-            for batch in batches:
-                out = model_features(model(pixel_values=batch["pixel_values"].to(device=device, dtype=dtype)))
-                reference.append(out.detach().to(torch.promote_types(out.dtype, torch.float32)))
-        return kind, batches, reference
+        """The search's images, which loss scores a profile, and the dense model's outputs (:func:`.calibration.calibration_set`)."""
+        return calibration_set(model, self._calibration, self.config.loss)
 
-    @torch.no_grad()
     def _loss(self, model: nn.Module, kind: str, batches, reference) -> float:
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
-        total, count = 0.0, 0
-        for index, batch in enumerate(batches):
-            features = model_features(model(pixel_values=batch["pixel_values"].to(device=device, dtype=dtype)))
-            features = features.to(torch.promote_types(features.dtype, torch.float32))
-            n = features.shape[0]
-            if kind == "labels":
-                value = torch.nn.functional.cross_entropy(features, batch["labels"].to(device), reduction="sum")
-            elif features.dim() == 2:  # logits: KL(p_dense ‖ p)
-                value = torch.nn.functional.kl_div(features.log_softmax(-1), reference[index].log_softmax(-1), log_target=True, reduction="sum")
-            else:  # features: ½‖f − f_dense‖² per image
-                value = 0.5 * (features - reference[index]).square().sum()
-            total += float(value)
-            count += n
-        loss = total / max(count, 1)
-        if not math.isfinite(loss):
-            raise PruningError(f"SPDY's calibration loss of a stitched model is not finite ({loss}): prune a float32 copy of the model.")
-        return loss
+        return calibration_loss(model, kind, batches, reference)
 
     # ------------------------------------------------------------------------------------------ the whole run
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
@@ -418,19 +395,25 @@ def _spdy_info(source: Any) -> dict[str, Any]:
 
 
 def profile_table(source: Any) -> str:
-    """The per-group profile of an SPDY run as a Markdown table (``source``: the pruned model, its
-    ``pruning_result`` or that result's ``to_dict()``)."""
+    """The per-group (or per-layer, for sparsity levels) profile of an SPDY run as a Markdown table (``source``: the
+    pruned model, its ``pruning_result`` or that result's ``to_dict()``)."""
     spdy = _spdy_info(source)
     unit = spdy["unit"]
-    lines = [f"| group | kind | width | dense | level | {unit} | dense {unit} |", "|---|---|---:|---:|---:|---:|---:|"]
-    for row in spdy["profile"]:
-        lines.append(f"| {row['name']} | {KIND_NOUNS.get(row['kind'], row['kind'])} | {row['width']} | {row['dense_width']} | {row['level']} | {row['cost']:.4g} | {row['dense_cost']:.4g} |")
+    levels = "levels" in spdy  # sparsity levels (an unstructured base) rather than widths
+    if levels:
+        lines = [f"| layer | kind | sparsity | level | {unit} | dense {unit} |", "|---|---|---:|---:|---:|---:|"]
+        for row in spdy["profile"]:
+            lines.append(f"| {row['name']} | {row['kind']} | {row['sparsity']:.4f} | {row['level']} | {row['cost']:.4g} | {row['dense_cost']:.4g} |")
+    else:
+        lines = [f"| group | kind | width | dense | level | {unit} | dense {unit} |", "|---|---|---:|---:|---:|---:|---:|"]
+        for row in spdy["profile"]:
+            lines.append(f"| {row['name']} | {KIND_NOUNS.get(row['kind'], row['kind'])} | {row['width']} | {row['dense_width']} | {row['level']} | {row['cost']:.4g} | {row['dense_cost']:.4g} |")
     measured = spdy.get("measured_speedup")
     lines.append("")
     lines.append(
         f"Target {spdy['target_speedup'] or spdy['target_cost']}; predicted speed-up {spdy['predicted_speedup']:.3f}×"
         + (f", measured {measured:.3f}× ({spdy.get('measured_by')})" if measured is not None else "")
-        + f"; {spdy['uncontrolled_fraction']:.1%} of the dense {unit} is outside the pruned groups."
+        + f"; {spdy['uncontrolled_fraction']:.1%} of the dense {unit} is outside the pruned {'layers' if levels else 'groups'}."
     )
     return "\n".join(lines) + "\n"
 

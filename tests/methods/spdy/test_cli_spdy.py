@@ -39,3 +39,21 @@ def test_prune_report_and_card(tmp_path):
         "--database", tmp_path / "db", "--output", tmp_path / "bad", "--disable-tqdm",
     )  # fmt: skip
     assert bad.returncode != 0 and "cannot be reached" in bad.stderr and "at most" in bad.stderr
+
+
+def test_sparsity_levels_from_magnitude_on_the_command_line(tmp_path):
+    out = tmp_path / "levels"
+    result = run(
+        "prune", DEMO_MODEL_DIR, "--method", "spdy", "--base-method", "magnitude", "--cost", "macs", "--target-speedup", "1.8",
+        "--num-levels", "10", "--num-random-starts", "3", "--search-steps", "5", "--patience", "3",
+        "--calibration", CALIBRATION, "--num-calibration-samples", "32", "--database", tmp_path / "db", "--output", out, "--disable-tqdm",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["predicted_speedup"] >= 1.8 and line["measured_speedup"] >= 1.8 and line["sparsity"] > 0.3
+    assert (tmp_path / "db" / "spdy_level_database.json").is_file()
+    card = (out / "README.md").read_text()
+    assert "### Speed-up allocation (SPDY)\n\nSPDY chose the sparsity level (unstructured) of every layer" in card
+    # latency cannot rank unstructured levels: refused before any work, naming the fix
+    bad = run("prune", DEMO_MODEL_DIR, "--method", "spdy", "--base-method", "cap", "--calibration", CALIBRATION, "--output", tmp_path / "bad")
+    assert bad.returncode != 0 and "cost='macs'" in bad.stderr

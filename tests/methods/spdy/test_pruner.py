@@ -77,7 +77,7 @@ def test_target_above_the_reachable_maximum_says_the_maximum():
 def test_base_method_that_cannot_give_per_layer_variants():
     model = make_tiny_model("vit")
     with pytest.raises(SPDYBaseMethodError, match="cannot give SPDY per-layer variants"):
-        hf_sparsify.prune(model, quick(base_method="magnitude"), tiny_batches(model))
+        hf_sparsify.prune(model, quick(base_method="woodfisher"), tiny_batches(model))  # magnitude / cap / fastcap: tests/methods/spdy/test_unstructured.py
     with pytest.raises(PruningConfigError, match="Unknown pruning method"):
         hf_sparsify.prune(model, quick(base_method="vbpp"), tiny_batches(model))
 
