@@ -107,13 +107,8 @@ class LayerDatabase:
     # ------------------------------------------------------------------------------------------ storage
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``spdy_database.json`` and ``spdy_database.safetensors`` into ``directory`` (created)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"scores/{k}": v.contiguous() for k, v in self.scores.items()}
         tensors.update({f"folds/{k}": v.contiguous() for k, v in self.folds.items()})
-        save_file(tensors, str(directory / TENSORS_NAME))
         meta = {
             "format": DATABASE_FORMAT,
             "base_method": self.base_method,
@@ -122,24 +117,15 @@ class LayerDatabase:
             "groups": self.groups,
             "num_calibration_samples": self.num_calibration_samples,
         }
-        (directory / META_NAME).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        return directory
+        return write_database(directory, META_NAME, TENSORS_NAME, meta, tensors)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> LayerDatabase | None:
         """The database in ``directory``, or ``None`` when it holds none (or one of another format)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not (directory / META_NAME).is_file() or not (directory / TENSORS_NAME).is_file():
+        stored = read_database(directory, META_NAME, TENSORS_NAME, DATABASE_FORMAT)
+        if stored is None:
             return None
-        try:
-            meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
-            tensors = load_file(str(directory / TENSORS_NAME))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or meta.get("format") != DATABASE_FORMAT:
-            return None
+        meta, tensors = stored
         return cls(
             base_method=meta["base_method"],
             base_config=meta["base_config"],
@@ -149,6 +135,35 @@ class LayerDatabase:
             folds={k[len("folds/"):]: v for k, v in tensors.items() if k.startswith("folds/")},
             num_calibration_samples=meta.get("num_calibration_samples"),
         )
+
+
+def write_database(directory: str | os.PathLike, meta_name: str, tensors_name: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write a database's tensors (safetensors) and description (JSON, with its ``format``) into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / tensors_name))
+    (directory / meta_name).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return directory
+
+
+def read_database(directory: str | os.PathLike, meta_name: str, tensors_name: str, format: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """``(meta, tensors)`` of the database in ``directory``, or ``None`` when it holds none, an unreadable one or
+    one of another ``format``."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / meta_name).is_file() or not (directory / tensors_name).is_file():
+        return None
+    try:
+        meta = json.loads((directory / meta_name).read_text(encoding="utf-8"))
+        tensors = load_file(str(directory / tensors_name))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != format:
+        return None
+    return meta, tensors
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:

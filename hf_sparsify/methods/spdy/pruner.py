@@ -58,7 +58,7 @@ from .search import (
     corrected_target,
     level_widths,
     max_speedup,
-    search_coefficients,
+    search_profile,
     solve_profile,
     speedup_of,
 )
@@ -239,15 +239,8 @@ class SPDYPruner(StructuredPruner):
             stitched = self._database.stitch(model, groups, [lv[i] for lv, i in zip(levels, profile)])
             return self._loss(stitched, loss_kind, batches, reference)
 
-        def solve(coefficients: torch.Tensor) -> list[int]:
-            return solve_profile(tables, coefficients, budget, config.num_buckets)
-
         with result.timed("search"):
-            found = search_coefficients(
-                evaluate, solve, len(groups),
-                num_random_starts=config.num_random_starts, search_steps=config.search_steps, patience=config.patience,
-                mutation_fraction=config.mutation_fraction, generator=torch.Generator().manual_seed(config.seed),
-            )  # fmt: skip
+            found = search_profile(config, evaluate, tables, budget)
         picked = list(found.profile)
         corrections = self._correct(model, groups, levels, tables, total, fastest, found, picked, result) if self._corrects() else []
         final_loss = found.loss if picked == found.profile else evaluate(picked)

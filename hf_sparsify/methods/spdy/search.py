@@ -42,6 +42,7 @@ __all__ = [
     "max_speedup",
     "reparametrized_errors",
     "search_coefficients",
+    "search_profile",
     "solve_profile",
     "speedup_of",
 ]
@@ -224,3 +225,18 @@ def search_coefficients(
         evaluations=len(scored),
         history=history,
     )
+
+
+def search_profile(config, evaluate: Callable[[list[int]], float], tables: Sequence[Sequence[float]], budget: float) -> SearchResult:
+    """:func:`search_coefficients` with the dynamic programme of ``tables`` within ``budget`` and the search settings
+    of an :class:`~hf_sparsify.SPDYConfig` (``num_buckets``, ``num_random_starts``, ``search_steps``,
+    ``patience``, ``mutation_fraction``, ``seed``): the search both SPDY flows (widths and sparsity levels) run."""
+
+    def solve(coefficients: torch.Tensor) -> list[int]:
+        return solve_profile(tables, coefficients, budget, config.num_buckets)
+
+    return search_coefficients(
+        evaluate, solve, len(tables),
+        num_random_starts=config.num_random_starts, search_steps=config.search_steps, patience=config.patience,
+        mutation_fraction=config.mutation_fraction, generator=torch.Generator().manual_seed(config.seed),
+    )  # fmt: skip

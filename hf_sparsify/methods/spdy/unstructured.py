@@ -64,13 +64,12 @@ from ...utils import get_logger
 from ..base import Pruner, PruningResult
 from .calibration import calibration_loss, calibration_set
 from .config import UNSTRUCTURED_BASE_METHODS, SPDYBaseMethodError, SPDYConfig
-from .database import _comparable, model_fingerprint
+from .database import _comparable, model_fingerprint, read_database, write_database
 from .search import (
     SPDYTargetError,
     controlled_budget,
     max_speedup,
-    search_coefficients,
-    solve_profile,
+    search_profile,
     speedup_of,
 )
 
@@ -147,12 +146,7 @@ class LevelDatabase:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``spdy_level_database.json`` and ``spdy_level_database.safetensors`` into ``directory`` (created)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"{name}/{level}": w.detach().cpu().contiguous() for name, ws in self.weights.items() for level, w in enumerate(ws, 1)}
-        save_file(tensors, str(directory / TENSORS_NAME))
         meta = {
             "format": LEVEL_DATABASE_FORMAT,
             "base_method": self.base_method,
@@ -162,24 +156,15 @@ class LevelDatabase:
             "layers": self.layers,
             "num_calibration_samples": self.num_calibration_samples,
         }
-        (directory / META_NAME).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        return directory
+        return write_database(directory, META_NAME, TENSORS_NAME, meta, tensors)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> LevelDatabase | None:
         """The database in ``directory``, or ``None`` when it holds none (or one of another format)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not (directory / META_NAME).is_file() or not (directory / TENSORS_NAME).is_file():
+        stored = read_database(directory, META_NAME, TENSORS_NAME, LEVEL_DATABASE_FORMAT)
+        if stored is None:
             return None
-        try:
-            meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
-            tensors = load_file(str(directory / TENSORS_NAME))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or meta.get("format") != LEVEL_DATABASE_FORMAT:
-            return None
+        meta, tensors = stored
         count = len(meta["levels"]) - 1
         try:
             weights = {name: [tensors[f"{name}/{level}"] for level in range(1, count + 1)] for name in meta["layers"]}
@@ -411,15 +396,8 @@ class UnstructuredSPDYPruner(Pruner):
         def evaluate(profile: list[int]) -> float:
             return calibration_loss(stitch(profile), kind, batches, reference)
 
-        def solve(coefficients: torch.Tensor) -> list[int]:
-            return solve_profile(tables, coefficients, budget, config.num_buckets)
-
         with result.timed("search"):
-            found = search_coefficients(
-                evaluate, solve, len(names),
-                num_random_starts=config.num_random_starts, search_steps=config.search_steps, patience=config.patience,
-                mutation_fraction=config.mutation_fraction, generator=torch.Generator().manual_seed(config.seed),
-            )  # fmt: skip
+            found = search_profile(config, evaluate, tables, budget)
         picked = list(found.profile)
         for layer, level in zip(layers, picked):  # the chosen levels, written into the model
             stored = database.weight(layer.name, level)
