@@ -11,6 +11,7 @@ from ...errors import HfSparsifyError
 __all__ = [
     "COSTS",
     "DEFAULT_SPEEDUP",
+    "GPU_ROUND_TO",
     "LATENCY_TABLES",
     "LOSSES",
     "STRUCTURED_BASE_METHODS",
@@ -23,6 +24,8 @@ __all__ = [
 
 #: what the budget is measured in: the profiler's measured latency, or MACs per image
 COSTS = ("latency", "macs")
+#: default multiple of kept MLP / channel widths when the model runs on a GPU (the base method's, 8, on a CPU)
+GPU_ROUND_TO = 64
 #: how latency tables are measured: each width's saving inside the whole model, or each block timed alone
 LATENCY_TABLES = ("in_context", "isolated")
 #: the calibration loss that scores a profile: "auto" is "labels" when the data has labels, else "kl"
@@ -115,7 +118,8 @@ class SPDYConfig(PruningConfig):
         num_levels: at most this many widths per group, dense included (the reference: 42); the allowed widths
             (multiples of ``round_to``) are thinned evenly to this many.
         round_to: structured bases: kept MLP / channel widths are multiples of this (heads count one by one);
-            default: the base method's (8).
+            default: the base method's (8) on a CPU, 64 (:data:`GPU_ROUND_TO`) when ``profile_device`` (else the
+            device the model prunes on) is a GPU.
         num_buckets: the time budget is cut into this many buckets in the dynamic programme (the reference: 10,000).
         num_random_starts: random coefficient vectors tried first (the reference: 100).
         search_steps: most candidate profiles the local search evaluates after the random starts.
@@ -189,7 +193,7 @@ class SPDYConfig(PruningConfig):
     base_settings: dict | None = field(default=None, metadata={"help": "extra settings of the base method's configuration, as JSON"})
     cost: str = field(default="latency", metadata={"help": "'latency' (measured on this machine, cached; see latency_tables) or 'macs'"})
     num_levels: int = field(default=42, metadata={"help": "most widths per group, dense included (the reference: 42)"})
-    round_to: int | None = field(default=None, metadata={"help": "structured bases: kept MLP / channel widths are multiples of this; default: the base method's"})
+    round_to: int | None = field(default=None, metadata={"help": "structured bases: kept MLP / channel widths are multiples of this; default: the base method's (8), 64 when profile_device (else the model) is a GPU"})
     num_buckets: int = field(default=10_000, metadata={"help": "time buckets of the dynamic programme's budget (the reference: 10,000)"})
     num_random_starts: int = field(default=100, metadata={"help": "random coefficient vectors tried before the local search (the reference: 100)"})
     search_steps: int = field(default=1000, metadata={"help": "most candidate profiles the local search evaluates after the random starts"})

@@ -46,6 +46,7 @@ from ...utils import get_logger
 from ..base import PruningResult
 from .calibration import calibration_loss, calibration_set
 from .config import (
+    GPU_ROUND_TO,
     STRUCTURED_BASE_METHODS,
     UNSTRUCTURED_BASE_METHODS,
     SPDYBaseMethodError,
@@ -139,7 +140,16 @@ class SPDYPruner(StructuredPruner):
     def _round_for(self, kind: str) -> int:
         if self.config.round_to is not None and kind != ATTENTION_HEAD:
             return self.config.round_to
-        return self._base.allocation().round_for(kind)
+        base = self._base.allocation().round_for(kind)
+        if kind != ATTENTION_HEAD and getattr(self, "_runs_on_gpu", False):
+            return max(base, GPU_ROUND_TO)  # GPU matrix kernels run at full rate on multiples of 64
+        return base
+
+    def _note_device(self, device) -> None:
+        """Where the pruned model will run (``profile_device``, else where it prunes): on a GPU the default widths
+        are multiples of :data:`GPU_ROUND_TO`."""
+        where = self.config.profile_device or device
+        self._runs_on_gpu = where is not None and torch.device(where).type == "cuda"
 
     def _levels(self, groups: list[StructureGroup]) -> list[list[int]]:
         base = self._base.allocation()
@@ -147,6 +157,7 @@ class SPDYPruner(StructuredPruner):
 
     def plan(self, model, adapter, *, device=None) -> list[str]:
         config: SPDYConfig = self.config
+        self._note_device(device if device is not None else next(model.parameters()).device)
         groups = self.select(adapter)
         levels = self._levels(groups)
         target = f"{config.target_speedup:g}× speed-up" if config.target_speedup is not None else f"a cost of {config.target_cost:g}"
@@ -167,6 +178,7 @@ class SPDYPruner(StructuredPruner):
         if config.loss == "labels" and calibration.has_labels is False:
             raise CalibrationDataError(config.missing_labels_message())
         self._base = self._make_base(has_labels=calibration.has_labels is not False)
+        self._note_device(next(model.parameters()).device)
         self._calibration = calibration
         self._device_model = None
 

@@ -137,3 +137,20 @@ def test_search_lowers_the_calibration_loss_below_c_equals_one_on_the_bundled_vi
     spdy = pruned.pruning_result.info["spdy"]
     assert spdy["calibration_loss"] < spdy["uniform_coefficients_loss"]
     assert spdy["predicted_speedup"] >= 1.4 and spdy["measured_speedup"] >= 1.4
+
+
+def test_widths_default_to_multiples_of_64_for_a_gpu_and_8_for_a_cpu():
+    from hf_sparsify.adapters import get_adapter
+    from hf_sparsify.methods.spdy.pruner import SPDYPruner
+
+    model = make_tiny_model("vit", intermediate_size=256)
+    adapter = get_adapter(model)
+    for device, expected in (("cpu", 8), ("cuda", 64)):  # the GPU case only names the device: nothing runs there
+        pruner = SPDYPruner(quick(cost="macs", round_to=None, profile_device=device))
+        pruner.plan(model, adapter)
+        levels = pruner._levels(pruner.select(adapter))
+        mlp = [lv for g, lv in zip(pruner.select(adapter), levels) if g.kind == MLP_NEURON]
+        assert mlp and all(w % expected == 0 for lv in mlp for w in lv) and any(w % 64 for lv in mlp for w in lv) == (expected == 8)
+    explicit = SPDYPruner(quick(cost="macs", round_to=16, profile_device="cuda"))
+    explicit.plan(model, adapter)
+    assert all(w % 16 == 0 for g, lv in zip(explicit.select(adapter), explicit._levels(explicit.select(adapter))) if g.kind == MLP_NEURON for w in lv)
