@@ -494,6 +494,7 @@ def main() -> None:
     parser.add_argument("--grid", default="1e-3,3e-3,1e-2,3e-2,1e-1,3e-1", help="damp mode: nm_damp values")
     parser.add_argument("--heldout", type=int, default=5000, help="damp mode: held-out train images")
     parser.add_argument("--heldout-seed", type=int, default=1, help="damp mode: seed of the held-out draw")
+    parser.add_argument("--buffer-fraction", type=float, default=None, help="time mode: the Fisher observer's gradient buffer as a fraction of the store (hf_sparsify.observers.fisher.STORE_FRACTION_FOR_BUFFER; default: the library's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=1)
@@ -504,6 +505,10 @@ def main() -> None:
     if args.mode == "damp" and args.structure == "unstructured":
         raise SystemExit("damp mode: nm_damp applies to N:M masks only; pass --structure N:M (e.g. 2:4)")
     torch.set_num_threads(args.threads)
+    if getattr(args, "buffer_fraction", None) is not None:
+        import hf_sparsify.observers.fisher as fisher_module
+
+        fisher_module.STORE_FRACTION_FOR_BUFFER = args.buffer_fraction
     transformers.logging.set_verbosity_error()
     {"time": time_mode, "quality": quality_mode, "damp": damp_mode}[args.mode](args)
 
