@@ -152,6 +152,20 @@ def spd_inverse(fisher: torch.Tensor, *, name: str, what: str = "Fisher block") 
     return _solve_with_retries(fisher, _spd_inverse, name=name, what=what)
 
 
+#: on a CPU the blocks are inverted in chunks of about this many bytes of float64 blocks, so that the Schur
+#: recursion's sub-blocks and temporaries stay in the last-level cache: at B = 192, chunks of 28 blocks invert about
+#: twice as fast per block as chunks of the 256 MiB workspace (910 blocks) on this project's CPU (32 MiB L3;
+#: benchmarks/RESULTS.md); the results are the same (every block is inverted on its own)
+CPU_INVERSE_CHUNK_BYTES = 8 << 20
+
+
+def _inverse_chunk(block_size: int, device: torch.device) -> int:
+    """Blocks inverted together: within :data:`CPU_INVERSE_CHUNK_BYTES` on a CPU, within
+    :func:`~hf_sparsify.utils.workspace_bytes` on a GPU (where large batches keep the device busy)."""
+    limit = CPU_INVERSE_CHUNK_BYTES if torch.device(device).type == "cpu" else workspace_bytes(device)
+    return max(1, limit // (block_size * block_size * 8))
+
+
 @torch.no_grad()
 def block_fisher_inverse(
     sums: torch.Tensor,
@@ -166,9 +180,9 @@ def block_fisher_inverse(
     ``λ = damp + relative_damp · mean(diag(sums/num_grads))`` (the mean over all blocks of the layer, as FastCAP's
     and SparseGPT's relative dampening; ``relative_damp=0``: ``λ = damp``).
 
-    Each chunk of ``blocks_in_parallel`` blocks (default: as many float64 blocks as
-    :func:`~hf_sparsify.utils.workspace_bytes` holds) is inverted in float64 (:func:`spd_inverse`) and written
-    back in the dtype of ``sums``. Returns ``sums`` (now the inverses) and an :class:`InverseInfo`.
+    Each chunk of ``blocks_in_parallel`` blocks (default: :func:`_inverse_chunk`) is inverted in float64
+    (:func:`spd_inverse`) and written back in the dtype of ``sums``. Returns ``sums`` (now the inverses) and an
+    :class:`InverseInfo`.
     """
     if num_grads < 1:
         raise ValueError(f"num_grads must be ≥ 1, got {num_grads}")
@@ -177,7 +191,7 @@ def block_fisher_inverse(
     if not relative_damp >= 0:
         raise ValueError(f"relative_damp must be ≥ 0, got {relative_damp}")
     n, b, _ = sums.shape
-    size = blocks_in_parallel or max(1, workspace_bytes(sums.device) // (b * b * 8))
+    size = blocks_in_parallel or _inverse_chunk(b, sums.device)
     if relative_damp:
         mean_diag = float(sums.diagonal(dim1=1, dim2=2).sum(dtype=torch.float64)) / (n * b * num_grads)
         damp = damp + relative_damp * mean_diag
