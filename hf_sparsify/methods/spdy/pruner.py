@@ -33,7 +33,7 @@ from ...configuration import PruningConfigError, get_method
 from ...data import CalibrationDataError
 from ...hub.chart import render_sparsity_chart
 from ...report import sparsity_report
-from ...speed import LatencyCost, LatencyProfiler, benchmark
+from ...speed import LatencyCost
 from ...structured import (
     Allocation,
     Budget,
@@ -53,8 +53,15 @@ from .config import (
     SPDYConfig,
 )
 from .database import LayerDatabase
+from .outcome import (
+    checked_budget,
+    latency_profiler,
+    record_measurement,
+    search_record,
+    summarise,
+    time_against_dense,
+)
 from .search import (
-    SPDYTargetError,
     controlled_budget,
     corrected_target,
     level_widths,
@@ -215,13 +222,7 @@ class SPDYPruner(StructuredPruner):
         if config.cost == "macs":
             cost = MacsCost(attention_query_modules(adapter))
             return cost.total(model), cost.group_costs(model, groups, levels), "MACs"
-        self._profiler = LatencyProfiler(
-            device=config.profile_device or device,
-            dtype=config.profile_dtype or next(model.parameters()).dtype,
-            batch_size=config.profile_batch_size,
-            runtime=config.profile_runtime,
-            cache=config.latency_cache if config.latency_cache else True,
-        )
+        self._profiler = latency_profiler(config, model, device)
         cost = LatencyCost(self._profiler, in_context=config.latency_tables == "in_context")
         total = cost.total(model)
         return total, cost.group_costs(model, groups, levels), "seconds"
@@ -233,31 +234,24 @@ class SPDYPruner(StructuredPruner):
         levels = self._levels(groups)
         with result.timed("tables"):
             total, tables, unit = self._cost_tables(model, adapter, groups, levels, device)
-        uncontrolled = total - sum(t[0] for t in tables)
-        budget = controlled_budget(total, tables, target_speedup=config.target_speedup, target_cost=config.target_cost)
-        reachable = max_speedup(total, tables)
-        fastest = sum(min(t) for t in tables)
-        wanted = f"target_speedup={config.target_speedup:g}" if config.target_speedup is not None else f"target_cost={config.target_cost:g} {unit}"
-        if budget < fastest * (1 - 1e-9):
-            raise SPDYTargetError(
-                f"{wanted} cannot be reached: with every {'/'.join(sorted({KIND_NOUNS[g.kind] for g in groups}))} group at its smallest "
-                f"width the model is at most {reachable:.3f}× faster ({unit}; {uncontrolled / total:.1%} of the dense cost is outside the pruned "
-                f"groups). Ask for at most target_speedup={math.floor(reachable * 1000) / 1000:g}, or allow narrower widths (min per layer, round_to)."
-            )
+        budgeted = checked_budget(
+            config, total, tables, unit,
+            smallest=f"{'/'.join(sorted({KIND_NOUNS[g.kind] for g in groups}))} group at its smallest width", parts="groups",
+            advice=", or allow narrower widths (min per layer, round_to).",
+        )  # fmt: skip
 
-        loss_kind, batches, reference = self._calibration_set(model)
+        loss_kind, batches, reference = calibration_set(model, self._calibration, config.loss)
 
         def evaluate(profile: list[int]) -> float:
             stitched = self._database.stitch(model, groups, [lv[i] for lv, i in zip(levels, profile)])
-            return self._loss(stitched, loss_kind, batches, reference)
+            return calibration_loss(stitched, loss_kind, batches, reference)
 
         with result.timed("search"):
-            found = search_profile(config, evaluate, tables, budget)
+            found = search_profile(config, evaluate, tables, budgeted.budget)
         picked = list(found.profile)
-        corrections = self._correct(model, groups, levels, tables, total, fastest, found, picked, result) if self._corrects() else []
+        corrections = self._correct(model, groups, levels, tables, total, budgeted.fastest, found, picked, result) if self._corrects() else []
         final_loss = found.loss if picked == found.profile else evaluate(picked)
         widths = [lv[i] for lv, i in zip(levels, picked)]
-        chosen = sum(t[i] for t, i in zip(tables, picked))
         self._layer_facts = {
             g.name: {"level": i, "num_levels": len(lv), "cost": t[i], "dense_cost": t[0], "coefficient": c}
             for g, lv, t, i, c in zip(groups, levels, tables, picked, found.coefficients)
@@ -266,33 +260,10 @@ class SPDYPruner(StructuredPruner):
             {"name": g.name, "kind": g.kind, "width": lv[i], "dense_width": g.num_units, "level": i, "cost": t[i], "dense_cost": t[0], "coefficient": c}
             for g, lv, t, i, c in zip(groups, levels, tables, picked, found.coefficients)
         ]
-        result.info["target"] = {"budget": unit, "target": budget + uncontrolled, "achieved": uncontrolled + chosen}
-        result.info["spdy"] = {
-            "target_speedup": config.target_speedup,
-            "target_cost": config.target_cost,
-            "cost": config.cost,
-            "unit": unit,
-            "base_method": config.base_method,
-            "database": self._database_source,
-            "loss": loss_kind,
-            "dense_cost": total,
-            "uncontrolled_cost": uncontrolled,
-            "uncontrolled_fraction": uncontrolled / total if total else 0.0,
-            "budget": budget + uncontrolled,
-            "predicted_cost": uncontrolled + chosen,
-            "predicted_speedup": speedup_of(total, tables, picked),
-            "max_speedup": reachable,
-            "uniform_profile_speedup": speedup_of(total, tables, found.uniform_profile),
-            "calibration_loss": final_loss,
-            "search_loss": found.loss,
-            "corrections": corrections,
-            "uniform_coefficients_loss": found.uniform_loss,
-            "candidates": found.candidates,
-            "evaluations": found.evaluations,
-            "history": found.history,
-            "coefficients": found.coefficients,
-            "profile": profile,
-        }
+        search_record(
+            config, result, unit=unit, total=total, tables=tables, budgeted=budgeted, picked=picked, found=found, final_loss=final_loss,
+            corrections=corrections, profile=profile, extra={"database": self._database_source, "loss": loss_kind},
+        )  # fmt: skip
         if config.cost == "latency":
             result.info["spdy"]["profiler"] = {
                 "cache": str(self._profiler.cache_path) if self._profiler.cache_path else None,
@@ -305,10 +276,6 @@ class SPDYPruner(StructuredPruner):
         config: SPDYConfig = self.config
         return config.cost == "latency" and config.measure_speedup and config.target_speedup is not None and config.speedup_corrections > 0
 
-    def _time_against_dense(self, pruned: nn.Module, dense: nn.Module):
-        profiler = self._profiler
-        return benchmark(pruned, baseline=dense, device=profiler.device, dtype=profiler.dtype, batch_size=profiler.batch_size, runtime=profiler.runtime)
-
     def _correct(self, model, groups, levels, tables, total, fastest, found, picked: list[int], result) -> list[dict[str, Any]]:
         """Time the stitched model of ``picked`` against the dense one; while its speed-up is below the target or above
         it by more than the tolerance, solve again for the target scaled by the predicted/measured gap. Updates
@@ -320,7 +287,7 @@ class SPDYPruner(StructuredPruner):
         with result.timed("corrections"):
             for _ in range(config.speedup_corrections):
                 predicted = speedup_of(total, tables, picked)
-                timed = self._time_against_dense(self._database.stitch(model, groups, [lv[i] for lv, i in zip(levels, picked)]), model)
+                timed = time_against_dense(self._profiler, self._database.stitch(model, groups, [lv[i] for lv, i in zip(levels, picked)]), model)
                 timed_profiles.append((list(picked), timed))
                 rounds.append({"predicted_speedup": predicted, "measured_speedup": timed.speedup, "stable": timed.stable})
                 if target <= timed.speedup <= target * (1 + tolerance):
@@ -344,14 +311,6 @@ class SPDYPruner(StructuredPruner):
         self._last_timed = next(((p, t) for p, t in reversed(timed_profiles) if p == picked), None)
         return rounds
 
-    # ------------------------------------------------------------------------------------------ calibration loss
-    def _calibration_set(self, model: nn.Module) -> tuple[str, list[dict[str, torch.Tensor]], list[torch.Tensor]]:
-        """The search's images, which loss scores a profile, and the dense model's outputs (:func:`.calibration.calibration_set`)."""
-        return calibration_set(model, self._calibration, self.config.loss)
-
-    def _loss(self, model: nn.Module, kind: str, batches, reference) -> float:
-        return calibration_loss(model, kind, batches, reference)
-
     # ------------------------------------------------------------------------------------------ the whole run
     def prune(self, model, adapter, calibration, *, device, disable_tqdm=False) -> PruningResult:
         config: SPDYConfig = self.config
@@ -371,22 +330,9 @@ class SPDYPruner(StructuredPruner):
                 timed = last[1]  # the stitched model of these levels is the pruned model: already timed
             else:
                 with result.timed("measurement"):
-                    timed = self._time_against_dense(model, dense)
-            spdy["measured_speedup"] = timed.speedup
-            spdy["measured_by"] = f"hf_sparsify.benchmark against the dense model ({timed.runtime}, batch {timed.batch_size}, {timed.dtype}, interleaved rounds)"
-            spdy["measured"] = {"dense_ms": timed.baseline["median_ms"], "pruned_ms": timed.timing["median_ms"], "speedup_paired": timed.speedup_paired, "stable": timed.stable}
-            model.pruning_speedups = [timed.card_entry()]
-            if config.target_speedup is not None:
-                spdy["target_met"] = timed.speedup >= config.target_speedup
-                if not spdy["target_met"]:
-                    logger.warning(
-                        f"SPDY: the pruned model measured {timed.speedup:.3f}× against the dense one, below target_speedup={config.target_speedup:g} "
-                        f"(the tables predicted {spdy['predicted_speedup']:.3f}×; savings measured apart need not add up near the largest reachable "
-                        "speed-up). Ask for a lower target, or allow more speedup_corrections."
-                    )
-        result.summary["predicted_speedup"] = round(spdy["predicted_speedup"], 4)
-        if spdy.get("measured_speedup") is not None:
-            result.summary["measured_speedup"] = round(spdy["measured_speedup"], 4)
+                    timed = time_against_dense(self._profiler, model, dense)
+            record_measurement(spdy, timed, model, config.target_speedup)
+        summarise(result, spdy)
         return result
 
 

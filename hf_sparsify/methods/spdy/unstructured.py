@@ -57,7 +57,7 @@ from torch import nn
 
 from ...configuration import PruningConfig, PruningConfigError, get_method, parse_nm
 from ...data import CalibrationDataError
-from ...speed import LatencyProfiler, benchmark
+from ...speed import LatencyProfiler
 from ...structured import attention_query_modules, count_macs
 from ...surgery import check_nm, nm_mask
 from ...utils import get_logger
@@ -65,12 +65,17 @@ from ..base import Pruner, PruningResult
 from .calibration import calibration_loss, calibration_set
 from .config import UNSTRUCTURED_BASE_METHODS, SPDYBaseMethodError, SPDYConfig
 from .database import _comparable, model_fingerprint, read_database, write_database
+from .outcome import (
+    Budgeted,
+    checked_budget,
+    latency_profiler,
+    record_measurement,
+    search_record,
+    summarise,
+    time_against_dense,
+)
 from .search import (
-    SPDYTargetError,
-    controlled_budget,
-    max_speedup,
     search_profile,
-    speedup_of,
 )
 
 __all__ = ["LEVEL_DATABASE_FORMAT", "LevelDatabase", "UnstructuredSPDYPruner", "magnitude_variants", "make_base_config"]
@@ -321,16 +326,6 @@ class UnstructuredSPDYPruner(Pruner):
         return database
 
     # ------------------------------------------------------------------------------------------ costs
-    def _profiler(self, model, device) -> LatencyProfiler:
-        config: SPDYConfig = self.config
-        return LatencyProfiler(
-            device=config.profile_device or device,
-            dtype=config.profile_dtype or next(model.parameters()).dtype,
-            batch_size=config.profile_batch_size,
-            runtime=config.profile_runtime,
-            cache=config.latency_cache if config.latency_cache else True,
-        )
-
     def _dense_costs(self, model, adapter, names: list[str], profiler: LatencyProfiler | None) -> tuple[float, list[float], Any, str]:
         """The whole model's dense cost, every layer's dense cost, what the level costs are derived from
         (MACs: positions per image; latency: the 2:4 times) and the unit. Measured before any pruning."""
@@ -360,24 +355,17 @@ class UnstructuredSPDYPruner(Pruner):
         layers = adapter.select_layers(config.targets, config.ignore)
         names = [layer.name for layer in layers]
         levels = config.sparsity_levels()
-        profiler = self._profiler(model, device) if config.cost == "latency" else None  # the runtime is checked before any work
+        profiler = latency_profiler(config, model, device) if config.cost == "latency" else None  # the runtime is checked before any work
         dense_model = copy.deepcopy(model) if profiler is not None and config.measure_speedup else None
         with result.timed("tables"):
             total, dense, per_level, unit = self._dense_costs(model, adapter, names, profiler)
         database = self._database(model, adapter, layers, calibration, device=device, disable_tqdm=disable_tqdm, result=result)
         tables = self._tables(names, dense, per_level, database, unit)
-        uncontrolled = total - sum(dense)
-        budget = controlled_budget(total, tables, target_speedup=config.target_speedup, target_cost=config.target_cost)
-        reachable = max_speedup(total, tables)
-        fastest = sum(min(t) for t in tables)
-        wanted = f"target_speedup={config.target_speedup:g}" if config.target_speedup is not None else f"target_cost={config.target_cost:g} {unit}"
-        if budget < fastest * (1 - 1e-9):
-            sparsest = config.mask_structure if self._nm() else f"sparsity {config.max_sparsity:g}"
-            raise SPDYTargetError(
-                f"{wanted} cannot be reached: with every layer at {sparsest} the model is at most {reachable:.3f}× faster ({unit}; "
-                f"{uncontrolled / total:.1%} of the dense cost is outside the pruned layers). Ask for at most "
-                f"target_speedup={math.floor(reachable * 1000) / 1000:g}" + ("." if self._nm() else ", or raise max_sparsity.")
-            )
+        budgeted = checked_budget(
+            config, total, tables, unit,
+            smallest=f"layer at {config.mask_structure if self._nm() else f'sparsity {config.max_sparsity:g}'}", parts="layers",
+            advice="." if self._nm() else ", or raise max_sparsity.",
+        )  # fmt: skip
 
         kind, batches, reference = calibration_set(model, calibration, config.loss)
         work = copy.deepcopy(model)
@@ -397,33 +385,27 @@ class UnstructuredSPDYPruner(Pruner):
             return calibration_loss(stitch(profile), kind, batches, reference)
 
         with result.timed("search"):
-            found = search_profile(config, evaluate, tables, budget)
+            found = search_profile(config, evaluate, tables, budgeted.budget)
         picked = list(found.profile)
         for layer, level in zip(layers, picked):  # the chosen levels, written into the model
             stored = database.weight(layer.name, level)
             if stored is not None:
                 layer.weight.copy_(stored)
-        self._record(layers, levels, tables, picked, found, result, total=total, uncontrolled=uncontrolled, budget=budget, reachable=reachable, unit=unit, kind=kind)
-        spdy = result.info["spdy"]
+        spdy = self._record(layers, levels, tables, picked, found, result, total=total, budgeted=budgeted, unit=unit, kind=kind)
         if profiler is None:
             after = count_macs(model, attention_query_modules(adapter))
             spdy["measured_speedup"] = after["total"] / after["effective"] if after["effective"] else math.inf
             spdy["measured_by"] = "MACs counted on the pruned model (dense ÷ non-zero)"
         elif dense_model is not None:
             with result.timed("measurement"):
-                timed = benchmark(model, baseline=dense_model, device=profiler.device, dtype=profiler.dtype, batch_size=profiler.batch_size, runtime=profiler.runtime)
-            spdy["measured_speedup"] = timed.speedup
-            spdy["measured_by"] = f"hf_sparsify.benchmark against the dense model ({timed.runtime}, batch {timed.batch_size}, {timed.dtype}, interleaved rounds)"
-            spdy["measured"] = {"dense_ms": timed.baseline["median_ms"], "pruned_ms": timed.timing["median_ms"], "speedup_paired": timed.speedup_paired, "stable": timed.stable}
-            model.pruning_speedups = [timed.card_entry()]
+                timed = time_against_dense(profiler, model, dense_model)
+            record_measurement(spdy, timed, model, config.target_speedup)
         if profiler is not None:
             spdy["profiler"] = {"cache": str(profiler.cache_path) if profiler.cache_path else None, "stale_cache": profiler.stale_reason}
-        result.summary["predicted_speedup"] = round(spdy["predicted_speedup"], 4)
-        if spdy.get("measured_speedup") is not None:
-            result.summary["measured_speedup"] = round(spdy["measured_speedup"], 4)
+        summarise(result, spdy)
         return result
 
-    def _record(self, layers, levels, tables, picked, found, result: PruningResult, *, total, uncontrolled, budget, reachable, unit, kind) -> None:
+    def _record(self, layers, levels, tables, picked, found, result: PruningResult, *, total, budgeted: Budgeted, unit, kind) -> dict[str, Any]:
         config: SPDYConfig = self.config
         label = config.mask_structure if self._nm() else "unstructured"
         profile = []
@@ -448,37 +430,18 @@ class UnstructuredSPDYPruner(Pruner):
             }
             profile.append(row)
             result.layers[layer.name] = {k: row[k] for k in ("sparsity", "numel", "level", "num_levels", "density", "cost", "dense_cost", "coefficient")}
-        chosen = sum(t[i] for t, i in zip(tables, picked))
-        result.info["target"] = {"budget": unit, "target": budget + uncontrolled, "achieved": uncontrolled + chosen}
-        result.info["spdy"] = {
-            "target_speedup": config.target_speedup,
-            "target_cost": config.target_cost,
-            "cost": config.cost,
-            "unit": unit,
-            "base_method": config.base_method,
+        extra = {
             "levels": "unstructured" if not self._nm() else config.mask_structure,
             "level_values": [v if isinstance(v, str) else float(v) for v in levels],
             "database": self._database_source,
             "loss": kind,
-            "dense_cost": total,
-            "uncontrolled_cost": uncontrolled,
-            "uncontrolled_fraction": uncontrolled / total if total else 0.0,
-            "budget": budget + uncontrolled,
-            "predicted_cost": uncontrolled + chosen,
-            "predicted_speedup": speedup_of(total, tables, picked),
-            "max_speedup": reachable,
-            "uniform_profile_speedup": speedup_of(total, tables, found.uniform_profile),
-            "calibration_loss": found.loss,
-            "search_loss": found.loss,
-            "corrections": [],
-            "uniform_coefficients_loss": found.uniform_loss,
-            "candidates": found.candidates,
-            "evaluations": found.evaluations,
-            "history": found.history,
-            "coefficients": found.coefficients,
-            "profile": profile,
         }
+        spdy = search_record(
+            config, result, unit=unit, total=total, tables=tables, budgeted=budgeted, picked=picked, found=found, final_loss=found.loss,
+            corrections=[], profile=profile, extra=extra,
+        )  # fmt: skip
         result.summary["sparsity"] = zeros / numel if numel else 0.0
         if not any(picked):
             logger.warning("SPDY: the chosen profile keeps every layer dense (the target is met without pruning).")
+        return spdy
 
