@@ -273,17 +273,29 @@ class LatencyProfiler:
         return work, captured
 
     # ------------------------------------------------------------------------------------------ measuring
-    def _time_variants(self, variants: dict[str, nn.Module], args: tuple, kwargs: dict[str, Any], runtimes: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    def _time_variants(
+        self,
+        variants: dict[str, nn.Module],
+        args: tuple,
+        kwargs: dict[str, Any],
+        runtimes: dict[str, str] | None = None,
+        *,
+        rule: TimingRule | None = None,
+        whole_model: bool = False,
+    ) -> dict[str, dict[str, Any]]:
+        """Every variant (moved and cast in place) run on the same inputs, timed in one interleaved run under
+        ``rule`` (default: the blocks' rule): ``{label: {"seconds", "p90", "repeats", "stable"}}``."""
+        rule = rule or self.rule
         prepared = {}
         try:
             for label, module in variants.items():
                 runtime = (runtimes or {}).get(label, self.runtime)
-                prepared[label] = prepare_module(module, args, kwargs, runtime, device=self.device, dtype=self.dtype)
-            timings = time_interleaved({k: p.run for k, p in prepared.items()}, self.rule, devices={self.device})
+                prepared[label] = prepare_module(module, args, kwargs, runtime, device=self.device, dtype=self.dtype, whole_model=whole_model)
+            timings = time_interleaved({k: p.run for k, p in prepared.items()}, rule, devices={self.device})
         finally:
             for p in prepared.values():
                 p.close()
-        return {k: {"seconds": t.median, "p90": t.p90, "repeats": t.repeats, "stable": t.stable(self.rule.precision)} for k, t in timings.items()}
+        return {k: {"seconds": t.median, "p90": t.p90, "repeats": t.repeats, "stable": t.stable(rule.precision)} for k, t in timings.items()}
 
     @torch.no_grad()
     def _input_signatures(self, model: nn.Module, names: Sequence[str]) -> dict[str, list[Any]]:
@@ -474,25 +486,16 @@ class LatencyProfiler:
             for group in members:
                 keep_units(variant, copy.copy(group), torch.arange(w))
             variants[str(w)] = variant
-        prepared = {}
-        try:
-            for label, module in variants.items():
-                work = module.to(device=self.device, dtype=self.dtype).eval()
-                prepared[label] = prepare_module(work, (), self._inputs(work), self.runtime, device=self.device, dtype=self.dtype, whole_model=True)
-            timings = time_interleaved({k: p.run for k, p in prepared.items()}, self.context_rule, devices={self.device})
-        finally:
-            for p in prepared.values():
-                p.close()
-        dense = timings["dense"].median
+        timings = self._time_variants(variants, (), self._inputs(model), rule=self.context_rule, whole_model=True)
+        dense = timings.pop("dense")
         return {
             int(label): {
-                "saved_fraction": 1.0 - t.median / dense,
-                "seconds": t.median,
-                "dense_seconds": dense,
-                "stable": t.stable(self.context_rule.precision) and timings["dense"].stable(self.context_rule.precision),
+                "saved_fraction": 1.0 - t["seconds"] / dense["seconds"],
+                "seconds": t["seconds"],
+                "dense_seconds": dense["seconds"],
+                "stable": t["stable"] and dense["stable"],
             }
             for label, t in timings.items()
-            if label != "dense"
         }
 
     def _macs_estimate(self, model: nn.Module, groups: Sequence[StructureGroup]) -> list[float]:
