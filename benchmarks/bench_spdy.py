@@ -101,12 +101,16 @@ def deit_part(args, work: Path) -> list[dict]:
     return rows
 
 
-def vit_part(args, work: Path) -> list[dict]:
+def bundled_vit(args):
+    """The bundled trained ViT, its image processor, and the CIFAR-10 train and test splits."""
     model_dir = ROOT / "hf_sparsify" / "assets" / "vit-tiny-cifar10"
     model = transformers.AutoModelForImageClassification.from_pretrained(model_dir).eval()
     processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
-    train = hf_sparsify.load_image_dataset(args.data, split="train")
-    test = hf_sparsify.load_image_dataset(args.data, split="test")
+    return model, processor, hf_sparsify.load_image_dataset(args.data, split="train"), hf_sparsify.load_image_dataset(args.data, split="test")
+
+
+def vit_part(args, work: Path) -> list[dict]:
+    model, processor, train, test = bundled_vit(args)
     before = loadavg()
     spdy_config = hf_sparsify.SPDYConfig(
         target_speedup=args.vit_target, base_method="vbp", cost="latency", profile_batch_size=args.vit_batch, num_levels=args.levels,
@@ -182,11 +186,7 @@ def _macs_speedup(model) -> float:
 
 
 def unstructured_part(args, work: Path) -> list[dict]:
-    model_dir = ROOT / "hf_sparsify" / "assets" / "vit-tiny-cifar10"
-    model = transformers.AutoModelForImageClassification.from_pretrained(model_dir).eval()
-    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
-    train = hf_sparsify.load_image_dataset(args.data, split="train")
-    test = hf_sparsify.load_image_dataset(args.data, split="test")
+    model, processor, train, test = bundled_vit(args)
     dense_eval = evaluate_model(model, test, image_processor=processor, limit=args.eval_limit, disable_tqdm=True)
     batch = args.unstructured_batch
     base_settings = {"cap": {"fisher_block_size": args.fisher_block_size}, "magnitude": {}}
