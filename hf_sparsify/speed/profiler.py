@@ -330,7 +330,10 @@ class LatencyProfiler:
         if len(widths) != len(groups):
             raise ProfilerError(f"widths needs one list per group: {len(widths)} lists for {len(groups)} groups.")
         self._ensure_cache(model)
-        inputs = self._input_signatures(model, [g.name for g in groups])
+        return self._group_times(model, groups, widths, self._input_signatures(model, [g.name for g in groups]))
+
+    def _group_times(self, model: nn.Module, groups: Sequence[StructureGroup], widths: Sequence[Sequence[int]], inputs: dict[str, list[Any]]) -> list[list[float]]:
+        """:meth:`group_times` with the groups' input signatures (:meth:`_input_signatures`) already known."""
         missing: dict[str, list[int]] = {}
         entry_of: list[str] = []
         for group, ws in zip(groups, widths):
@@ -413,9 +416,10 @@ class LatencyProfiler:
         """
         if len(widths) != len(groups):
             raise ProfilerError(f"widths needs one list per group: {len(widths)} lists for {len(groups)} groups.")
-        dense_rows = self.group_times(model, groups, [[g.num_units] for g in groups])
-        total = self.model_time(model)
+        self._ensure_cache(model)
         inputs = self._input_signatures(model, [g.name for g in groups])
+        dense_rows = self._group_times(model, groups, [[g.num_units] for g in groups], inputs)
+        total = self.model_time(model)
         model_digest = _digest(self._model_signature(model))
         classes: dict[str, list[int]] = {}
         for index, group in enumerate(groups):
@@ -442,7 +446,7 @@ class LatencyProfiler:
                 for w, stats in entry["times"].items():
                     fractions.setdefault(i, {})[int(w)] = float(stats["saved_fraction"]) / len(members)
                     self.sources[("context", groups[i].name, int(w))] = "in context" if (digest, int(w)) in fresh else "cached in context"
-        dense_of = self._dense_in_context(model, groups, widths, [row[0] for row in dense_rows], fractions, total)
+        dense_of = self._dense_in_context(model, groups, widths, inputs, [row[0] for row in dense_rows], fractions, total)
         fallback = None
         out: list[list[float]] = []
         for index, (group, ws) in enumerate(zip(groups, widths)):
@@ -456,12 +460,12 @@ class LatencyProfiler:
                     row.append(max(0.0, dense - fractions[index][w] * total))
                 else:
                     if fallback is None:
-                        fallback = self.group_times(model, groups, widths)
+                        fallback = self._group_times(model, groups, widths, inputs)
                     row.append(fallback[index][list(map(int, ws)).index(w)])
             out.append(row)
         return out
 
-    def _dense_in_context(self, model, groups, widths, dense_alone: list[float], fractions: dict[int, dict[int, float]], total: float) -> list[float]:
+    def _dense_in_context(self, model, groups, widths, inputs, dense_alone: list[float], fractions: dict[int, dict[int, float]], total: float) -> list[float]:
         """Each group's dense time for the in-context tables: a block saves more in the model than alone, so its
         dense time there is taken as its narrowest measured width's time alone plus that width's in-context saving
         (never less than its dense time alone); the excess over the blocks' times alone is scaled down if it would
@@ -469,7 +473,7 @@ class LatencyProfiler:
         narrowest = {i: min(w for w in map(int, ws) if w in fractions.get(i, {})) for i, ws in enumerate(widths) if any(int(w) in fractions.get(i, {}) for w in ws)}
         if not narrowest:
             return list(dense_alone)
-        alone = self.group_times(model, [groups[i] for i in narrowest], [[w] for w in narrowest.values()])
+        alone = self._group_times(model, [groups[i] for i in narrowest], [[w] for w in narrowest.values()], inputs)
         extra = [0.0] * len(groups)
         for (i, w), row in zip(narrowest.items(), alone):
             extra[i] = max(0.0, row[0] + fractions[i][w] * total - dense_alone[i])
