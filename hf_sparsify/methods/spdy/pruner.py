@@ -110,6 +110,7 @@ class SPDYPruner(StructuredPruner):
         super().__init__(config)
         self._base_config_class, self._base_pruner_class = _base_entry(config.base_method)
         self._base = self._make_base(has_labels=True)
+        self._runs_on_gpu = False  # set by _note_device from where the model will run
 
     # ------------------------------------------------------------------------------------------ the base method
     def _make_base(self, has_labels: bool) -> StructuredPruner:
@@ -148,7 +149,7 @@ class SPDYPruner(StructuredPruner):
         if self.config.round_to is not None and kind != ATTENTION_HEAD:
             return self.config.round_to
         base = self._base.allocation().round_for(kind)
-        if kind != ATTENTION_HEAD and getattr(self, "_runs_on_gpu", False):
+        if kind != ATTENTION_HEAD and self._runs_on_gpu:
             return max(base, GPU_ROUND_TO)  # GPU matrix kernels run at full rate on multiples of 64
         return base
 
